@@ -1,0 +1,129 @@
+"""The lab's main job as a pure function of the config: build, (calibrate,) evaluate, record.
+
+`run.py` is a thin Hydra shim around `run(cfg, output_dir)`; tests call it in-process.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ptq.data import build_data
+from ptq.env import environment, resolve_device
+from ptq.errors import PTQError
+from ptq.evaluate import agreement, evaluate_logits, kl_to_reference, top1, topk
+from ptq.models import build_model
+
+log = logging.getLogger("ptq")
+
+RESULTS_FILE = "results.json"
+PARAMS_FILE = "quant_params.safetensors"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    except Exception:
+        return float("nan")
+
+
+def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
+    """Evaluate the configured model (float, or quantized by the configured method) and return the results.
+
+    Writes `results.json` (and the calibrated parameters) into `output_dir` when given. Raises PTQError on bad
+    input before anything is written.
+    """
+    from ptq.quant.config import resolve_ptq_config
+
+    out = Path(output_dir) if output_dir is not None else None
+    pcfg = resolve_ptq_config(cfg)  # validates quantizer / metric / bits before any work
+    device = resolve_device(cfg.get("device", "auto"))
+    seed_everything(int(cfg.seed))
+    progress = bool(cfg.get("progress", True))
+    bs = int(cfg.eval.batch_size)
+
+    model = build_model(cfg.model, device)
+    data = build_data(cfg, model)
+    log.info("model %s (%.2fM params) on %s; %d calibration images, %d test images", cfg.model.name,
+             sum(p.numel() for p in model.parameters()) / 1e6, device, len(data.calib_images), data.num_test)
+
+    t0 = time.time()
+    fp_logits, labels = evaluate_logits(model, data.test_batches(bs), device, progress, data.num_test, "eval fp32")
+    fp_seconds = time.time() - t0
+    results: dict = {"status": "ok", "model": cfg.model.name, "quantizer": pcfg.name, "bits_w": pcfg.w_bits,
+                     "bits_a": pcfg.a_bits, "metric": pcfg.metric, "grad": pcfg.grad, "compat": pcfg.compat,
+                     "top1_fp32": top1(fp_logits, labels), "top5_fp32": topk(fp_logits, labels, 5),
+                     "num_test": data.num_test, "calib_images": len(data.calib_images)}
+    calib_seconds, eval_seconds, logits = 0.0, fp_seconds, fp_logits
+    if pcfg.enabled:
+        from ptq.quant import quantize_model
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.time()
+        report = quantize_model(model, pcfg, data.calib_images, data.calib_labels, device=device, progress=progress)
+        calib_seconds = time.time() - t0
+        results["calib_peak_memory_mb"] = round(_peak_memory_mb(device), 1)
+        results["calibration"] = report.summary()
+        log.info("calibrated in %.1fs", calib_seconds)
+        t0 = time.time()
+        logits, _ = evaluate_logits(model, data.test_batches(bs), device, progress, data.num_test,
+                                    f"eval {pcfg.name} W{pcfg.w_bits}A{pcfg.a_bits}")
+        eval_seconds = time.time() - t0
+        if out is not None:
+            from ptq.quant import save_quant_params
+
+            save_quant_params(model, out / PARAMS_FILE, {"config": json.dumps(resolved_config(cfg), default=str)})
+            results["params_file"] = PARAMS_FILE
+    results.update({
+        "top1": top1(logits, labels), "top5": topk(logits, labels, 5),
+        "agreement": agreement(logits, fp_logits), "kl_fp32": kl_to_reference(logits, fp_logits),
+        "calib_seconds": round(calib_seconds, 3), "eval_seconds": round(eval_seconds, 3),
+        "peak_memory_mb": round(_peak_memory_mb(device), 1),
+        "ptq_config": pcfg.to_dict(), "config": resolved_config(cfg), "env": environment(device),
+        "data": data.info,
+    })
+    results["drop"] = results["top1_fp32"] - results["top1"]
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / RESULTS_FILE, results)
+    return results
+
+
+def summary_table(results: dict) -> str:
+    """A short human-readable table of a run's main numbers."""
+    rows = [("model", results["model"]), ("method", f"{results['quantizer']} W{results['bits_w']}A{results['bits_a']}"
+                                                   if results["quantizer"] != "fp32" else "fp32"),
+            ("top-1 / fp32", f"{results['top1']:.2f} / {results['top1_fp32']:.2f}  (drop {results['drop']:.2f})"),
+            ("agreement", f"{results['agreement']:.2f} %"), ("KL(fp32||q)", f"{results['kl_fp32']:.5f}"),
+            ("calib / eval", f"{results['calib_seconds']:.1f} s / {results['eval_seconds']:.1f} s")]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,95 @@
+"""`build_data(cfg, model)`: calibration batch + test iterator for the configured data set."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from ptq.errors import PTQError, choices
+
+DATASETS = ("fmnist", "imagenet")
+
+
+def calibration_indices(n_train: int, n_images: int, seed: int) -> np.ndarray:
+    """Spec section 5: `RandomState(seed).permutation(len(train))[:n]`."""
+    if not isinstance(n_images, int) or n_images < 1 or n_images > n_train:
+        raise PTQError(f"calib.n_images={n_images} is impossible: the train split holds {n_train} images; "
+                       f"valid: 1..{n_train}")
+    return np.random.RandomState(seed).permutation(n_train)[:n_images]
+
+
+@dataclass
+class DataBundle:
+    """What a run needs from a data set: one calibration batch and a batched test iterator."""
+
+    name: str
+    calib_images: torch.Tensor
+    calib_labels: torch.Tensor
+    num_test: int
+    num_classes: int
+    _iter_test: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]] = field(repr=False)
+    info: dict = field(default_factory=dict)
+
+    def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self._iter_test(batch_size)
+
+
+def _fmnist(cfg, model) -> DataBundle:
+    from ptq.data import fashion_mnist as fm
+
+    root = cfg.data.get("root") or fm.default_root()
+    train_x, train_y = fm.load_split(root, "train", download=cfg.data.get("download", True))
+    test_x, test_y = fm.load_split(root, "test", download=cfg.data.get("download", True))
+    idx = torch.from_numpy(calibration_indices(len(train_x), cfg.calib.n_images, cfg.calib.seed))
+    max_test = cfg.data.get("max_test")
+    if max_test:
+        test_x, test_y = test_x[:max_test], test_y[:max_test]
+
+    def batches(bs: int):
+        for i in range(0, len(test_x), bs):
+            yield fm.normalize(test_x[i:i + bs]), test_y[i:i + bs]
+
+    return DataBundle("fmnist", fm.normalize(train_x[idx]), train_y[idx], len(test_x), 10, batches,
+                      {"root": str(root), "mean": fm.MEAN, "std": fm.STD})
+
+
+def _imagenet(cfg, model) -> DataBundle:
+    from torch.utils.data import DataLoader, Subset
+
+    from ptq.data.image_folder import eval_transform, image_folder
+
+    root = cfg.data.get("root")
+    if not root:
+        raise PTQError("data=imagenet needs data.root=PATH (a folder with train/ and val/ class folders)")
+    transform, data_cfg = eval_transform(model, cfg.data.get("transform") or {})
+    train = image_folder(root, cfg.data.get("train_split", "train"), transform)
+    val = image_folder(root, cfg.data.get("val_split", "val"), transform)
+    idx = calibration_indices(len(train), cfg.calib.n_images, cfg.calib.seed)
+    calib = [train[int(i)] for i in idx]
+    calib_x = torch.stack([c[0] for c in calib])
+    calib_y = torch.tensor([c[1] for c in calib], dtype=torch.long)
+    max_test = cfg.data.get("max_test")
+    if max_test:
+        val = Subset(val, list(range(min(max_test, len(val)))))
+    workers = int(cfg.data.get("workers", 4))
+
+    def batches(bs: int):
+        loader = DataLoader(val, batch_size=bs, shuffle=False, num_workers=workers,
+                            pin_memory=torch.cuda.is_available(), persistent_workers=False)
+        yield from loader
+
+    info = {"root": str(root), "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_cfg.items()},
+            "num_train": len(train), "classes": len(train.classes)}
+    return DataBundle("imagenet", calib_x, calib_y, len(val), len(train.classes), batches, info)
+
+
+def build_data(cfg, model: torch.nn.Module | None = None) -> DataBundle:
+    """Build the data set named by `cfg.data.name`."""
+    name = cfg.data.name
+    if name == "fmnist":
+        return _fmnist(cfg, model)
+    if name == "imagenet":
+        return _imagenet(cfg, model)
+    raise PTQError(f"unknown data set data.name='{name}'; valid: {choices(DATASETS)}")

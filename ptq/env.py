@@ -1,0 +1,53 @@
+"""What a result needs to be reproducible: library versions, project commit, device."""
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+import ptq
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=10)
+        sha = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except Exception:
+        return "unknown"
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    from ptq.errors import PTQError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not str(name).startswith("cuda:"):
+        raise PTQError(f"unknown device '{name}'; valid: auto, cpu, cuda")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise PTQError(f"device={name} asked for but CUDA is not available; valid here: auto, cpu")
+    return torch.device(name)
+
+
+def environment(device: torch.device | str = "cpu") -> dict:
+    import timm
+
+    dev = torch.device(device)
+    return {
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "ptq": ptq.__version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "hostname": platform.node(),
+    }

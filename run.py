@@ -1,0 +1,22 @@
+"""Entry point: `python run.py [group=option ...] [key=value ...]`, or `python run.py -m ...` for grids.
+
+A thin Hydra shim around `ptq.app.run`; see README.md for the config groups.
+"""
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from ptq.cli import check_argv, run_job
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    return run_job(cfg)
+
+
+if __name__ == "__main__":
+    check_argv(sys.argv[1:])
+    main()
