@@ -115,6 +115,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / RESULTS_FILE, results)
+    from ptq.loggers import log_run
+
+    log_run(cfg, results, out)
     return results
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import sys
@@ -26,8 +27,75 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+def compose_config(overrides=(), hydra_config: bool = False, config_name: str = "config") -> DictConfig:
+    """conf/<config_name>.yaml composed with `overrides` through Hydra's compose API (no run folder, no job)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="check"):
+        return compose(config_name, overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def _first_lines(text: str, stop: str = "Config search path") -> str:
+    """Hydra's multi-line message up to its search-path listing, as one line."""
+    return " ".join(text.split(stop)[0].split())
+
+
+def _unknown_key_message(key: str, line: str, overrides: list[str]) -> str:
+    """`quantizer.bogus=1` -> the keys that do exist at the closest existing level of the config."""
+    from omegaconf import OmegaConf
+
+    node_path, keys = key, []
+    try:
+        cfg = compose_config([o for o in overrides if o != line], hydra_config=key.startswith("hydra."))
+        while node_path:
+            node_path = node_path.rpartition(".")[0]
+            node = OmegaConf.select(cfg, node_path) if node_path else cfg
+            if isinstance(node, DictConfig):
+                keys = sorted(str(k) for k in node.keys() if node_path or k != "hydra")
+                break
+    except Exception:  # noqa: BLE001 - the message is still useful without the list
+        pass
+    where = f"keys of {node_path}" if node_path else "top-level keys"
+    value = line.split("=", 1)[1] if "=" in line else ""
+    return (f"unknown config key '{key}' in {line}; valid {where}: {', '.join(keys) or '(none)'} "
+            f"(a new key is added with +{key}={value})")
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Compose the config with the command-line overrides (one job, no sweep) and turn Hydra's multi-line
+    composition errors (unknown key, parse error, missing option) into one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        fail(f"cannot parse the override: {_first_lines(str(e), 'See https://')}")
+    if any(o.is_sweep_override() for o in parsed):
+        return  # a grid: every job is checked by Hydra when it starts, failures are recorded per job
+    try:
+        compose_config(overrides, hydra_config=True)
+    except MissingConfigException as e:
+        fail(_first_lines(str(e)))
+    except ConfigCompositionException as e:
+        m = re.match(r"Could not override '([^']+)'", str(e))
+        if m and isinstance(e.__cause__, (ConfigAttributeError, ConfigKeyError)):
+            key = m.group(1)
+            line = next((o.input_line for o in parsed if o.key_or_group == key), key)
+            fail(_unknown_key_message(key, line, overrides))
+        cause = f": {_first_lines(str(e.__cause__))}" if e.__cause__ else ""
+        fail(f"{_first_lines(str(e)).removesuffix('.')}{cause}")
+    except Exception as e:  # noqa: BLE001 - anything else Hydra rejects while composing
+        fail(f"config cannot be composed ({type(e).__name__}): {_first_lines(str(e))}")
+
+
 def check_argv(argv: list[str]) -> None:
-    """Reject an unknown config-group option (e.g. `model=foo`) in one line before Hydra prints its traceback."""
+    """Reject bad command-line input in one line before Hydra starts a job (and writes a run folder): an unknown
+    config-group option (`model=foo`, sweeps too), then, for a single job given only overrides, anything Hydra
+    cannot compose (`quantizer.bogus=1`)."""
     for arg in argv:
         m = re.fullmatch(r"[+~]?(\w+)=(.*)", arg)
         if not m or m.group(1) not in GROUPS:
@@ -38,7 +106,9 @@ def check_argv(argv: list[str]) -> None:
             if option in ("null",):
                 continue
             if option not in group_options(group):
-                fail(f"unknown {group} '{option}'; valid: {', '.join(group_options(group))}")
+                fail(f"unknown {group} '{option}'; valid: {', '.join(group_options(group)) or '(none)'}")
+    if argv and not any(a.startswith("-") for a in argv):  # flags (-m, --cfg, -cn ...) are left to Hydra
+        check_overrides(argv)
 
 
 def _is_multirun() -> bool:
@@ -60,6 +130,36 @@ def _output_dir() -> Path | None:
         return None
 
 
+def apply_threads(cfg: DictConfig) -> None:
+    """`threads=N`: N torch (and OpenMP/MKL, for child processes) threads in this job. null keeps the default,
+    which under hydra/launcher=joblib is already cores // n_jobs per worker (joblib sets OMP_NUM_THREADS)."""
+    n = cfg.get("threads")
+    if n is None:
+        return
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise PTQError(f"threads={n} is impossible; valid: null or an integer >= 1")
+    import torch
+
+    torch.set_num_threads(n)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def _remove_run_folder(out: Path) -> None:
+    """Remove a failed single run's folder, and the folders above it that it leaves empty (e.g.
+    outputs/runs/<model>/<method>/), up to the folder the command was started in."""
+    logging.shutdown()
+    shutil.rmtree(out, ignore_errors=True)
+    top = Path.cwd().resolve()
+    for parent in out.resolve().parents:
+        if parent == top or top not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """Run one job. Single run: a one-line error and exit 2 on bad input, and the run folder removed. Multirun:
     the failure is recorded as `status: failed` in results.json and the sweep goes on."""
@@ -69,7 +169,8 @@ def run_job(cfg: DictConfig) -> float | None:
     out = _output_dir()
     multirun = _is_multirun()
     try:
-        results = run_with_resume(run, cfg, out)
+        apply_threads(cfg)
+        results = run_with_resume(run, cfg, out, reuse_siblings=multirun)
     except Exception as e:  # noqa: BLE001 - every failure ends in a record (sweep) or one line (single run)
         if multirun:
             from ptq.sweep import record_failure
@@ -78,8 +179,7 @@ def run_job(cfg: DictConfig) -> float | None:
             log.error("job failed: %s", e)
             return None
         if out is not None and out.is_dir() and not (out / "results.json").exists():
-            logging.shutdown()
-            shutil.rmtree(out, ignore_errors=True)
+            _remove_run_folder(out)
         if isinstance(e, PTQError):
             fail(str(e))
         traceback.print_exc()

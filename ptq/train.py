@@ -17,7 +17,7 @@ from ptq.data import fashion_mnist as fm
 from ptq.env import environment
 from ptq.evaluate import evaluate_logits, top1
 from ptq.models.checkpoint import save_state_dict
-from ptq.models.registry import resolve_path
+from ptq.models.registry import model_kwargs, resolve_path
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> dict:
     root = cfg.data.root or fm.default_root()
     tx, ty = fm.load_split(root, "train")
     vx, vy = fm.load_split(root, "test")
-    model = timm.create_model(cfg.model.name, **dict(cfg.model.kwargs or {}))
+    model = timm.create_model(cfg.model.name, **model_kwargs(cfg.model))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n and "token" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n and "token" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0}],

@@ -38,7 +38,12 @@ class DataBundle:
 
 def _fmnist(cfg, model) -> DataBundle:
     from ptq.data import fashion_mnist as fm
+    from ptq.data.image_folder import built_input_size
 
+    size = built_input_size(model) if model is not None else None
+    if size is not None and size != (1, 28, 28):
+        raise PTQError(f"model {cfg.model.name} takes {size[0]}x{size[1]}x{size[2]} images but data=fmnist gives "
+                       f"1x28x28; valid: a test-bed model (fmnist_vit, fmnist_swin) or data=imagenet data.root=PATH")
     root = cfg.data.get("root") or fm.default_root()
     train_x, train_y = fm.load_split(root, "train", download=cfg.data.get("download", True))
     test_x, test_y = fm.load_split(root, "test", download=cfg.data.get("download", True))

@@ -15,11 +15,27 @@ from ptq.errors import PTQError
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 
+def built_input_size(model: torch.nn.Module) -> tuple[int, int, int] | None:
+    """(channels, height, width) the model was built for, from its patch embedding; None when unknown."""
+    pe = getattr(model, "patch_embed", None)
+    size, proj = getattr(pe, "img_size", None), getattr(pe, "proj", None)
+    if size is None or not hasattr(proj, "in_channels"):
+        return None
+    return (int(proj.in_channels), int(size[0]), int(size[1]))
+
+
 def eval_transform(model: torch.nn.Module, overrides: dict | None = None):
-    """timm's eval transform for `model` (its pretrained_cfg), optionally overridden (e.g. crop_pct)."""
+    """timm's eval transform for `model` (its pretrained_cfg: resize, crop_pct, interpolation, mean, std), optionally
+    overridden (e.g. crop_pct). The input size is the one the model was built with (`model.kwargs.img_size` changes
+    it; timm's pretrained_cfg keeps the default), unless the overrides name one."""
+    from omegaconf import DictConfig, OmegaConf
     from timm.data import create_transform, resolve_data_config
 
-    data_cfg = resolve_data_config(dict(overrides or {}), model=model)
+    overrides = OmegaConf.to_container(overrides) if isinstance(overrides, DictConfig) else dict(overrides or {})
+    data_cfg = resolve_data_config(overrides, model=model)
+    built = built_input_size(model)
+    if built is not None and "input_size" not in overrides:
+        data_cfg["input_size"] = built
     return create_transform(**data_cfg, is_training=False), data_cfg
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import timm
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 import ptq.models.testbed  # noqa: F401  (registers the test-bed names in timm)
 from ptq.errors import PTQError
@@ -27,6 +28,12 @@ def known_models() -> list[str]:
     return sorted(n for n in timm.list_models() if n.startswith(SUPPORTED_FAMILIES))
 
 
+def model_kwargs(mcfg) -> dict:
+    """`mcfg.kwargs` as plain Python values (lists, not ListConfig) for `timm.create_model`."""
+    kwargs = mcfg.get("kwargs") or {}
+    return OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else dict(kwargs)
+
+
 def build_model(mcfg, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Create `mcfg.name` with `mcfg.kwargs`, load `mcfg.checkpoint` (local) or pretrained weights, eval mode."""
     name = mcfg.name
@@ -35,20 +42,21 @@ def build_model(mcfg, device: str | torch.device = "cpu") -> torch.nn.Module:
                                                                              "vit_small_patch16_224"]
         raise PTQError(f"unknown model '{name}'; valid: timm ViT/DeiT/Swin names or test-bed models, e.g. "
                        f"{', '.join(close)}")
-    kwargs = dict(mcfg.get("kwargs") or {})
+    kwargs = model_kwargs(mcfg)
     checkpoint = mcfg.get("checkpoint")
     pretrained = bool(mcfg.get("pretrained", False)) and not checkpoint
     try:
         model = timm.create_model(name, pretrained=pretrained, **kwargs)
     except TypeError as e:
         raise PTQError(f"model.kwargs {kwargs} rejected by {name}: {e}") from None
-    except (RuntimeError, OSError, ValueError) as e:
+    except (RuntimeError, OSError, ValueError, AssertionError) as e:  # timm asserts on inconsistent kwargs
         if pretrained:
             cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
             raise PTQError(f"pretrained weights for '{name}' not reachable (looked in the hub and the cache {cache}; "
                            f"offline={os.environ.get('HF_HUB_OFFLINE', '0')}): {str(e).splitlines()[0][:160]}; "
                            f"set model.checkpoint=PATH to a local file instead") from None
-        raise PTQError(f"model '{name}' cannot be built with kwargs {kwargs}: {str(e).splitlines()[0]}") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PTQError(f"model '{name}' cannot be built with kwargs {kwargs}: {reason}") from None
     if checkpoint:
         load_into(model, resolve_path(str(checkpoint)))
     else:

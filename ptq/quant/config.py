@@ -59,6 +59,7 @@ class PTQConfig:
     batch_size: int = 32
     chunk_mb: float = 256.0
     capture_mb: float = 4096.0
+    fast_paths: bool = True                   # exact algebraic shortcuts (ptq/quant/fast_paths.py)
     seed: int = 3
     search: SearchConfig = field(default_factory=SearchConfig)
     load: str | None = None
@@ -86,7 +87,7 @@ def _check(name: str, value, valid) -> None:
 def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
     """Validate and resolve the method described by `cfg` (raises PTQError naming the bad value)."""
     from ptq.metrics import METRICS
-    from ptq.quant.quantizers import QUANTIZERS
+    from ptq.quantizers import QUANTIZERS
 
     q, m, b, c = cfg.quantizer, cfg.metric, cfg.bits, cfg.calib
     compat = q.get("compat", "paper")
@@ -104,7 +105,8 @@ def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
     base = dict(name=q.name, enabled=bool(q.get("enabled", True)), compat=compat, w_bits=b.w, a_bits=b.a,
                 metric=m.name, grad=grad, fisher_draws=int(m.get("fisher_draws", 4)), mode=c.get("mode", "parallel"),
                 n_images=n_images, batch_size=int(c.get("batch_size", 32)), chunk_mb=float(c.get("chunk_mb", 256)),
-                capture_mb=float(c.get("capture_mb", 4096)), seed=int(c.get("seed", 3)), load=q.get("load"))
+                capture_mb=float(c.get("capture_mb", 4096)),
+                fast_paths=bool(c.get("fast_paths", True)), seed=int(c.get("seed", 3)), load=q.get("load"))
     if not base["enabled"]:
         return PTQConfig(**base)
     s = q.get("search", {}) or {}

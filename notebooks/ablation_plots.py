@@ -1,0 +1,154 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Ablation plots from sweep folders
+#
+# Reads every `results.json` under the sweep folders (through `ptq.report`, so the numbers are the tables'
+# numbers) and saves, as PNG under `OUT_DIR`:
+#
+# - `accuracy_vs_bits_<sweep>.png`: top-1 against the bit width, one line per quantizer (and per setting the
+#   sweep varies), FP32 dashed, one panel per model;
+# - `metric_comparison.png`: top-1 per layer metric (the Hessian split by gradient source), bars per bit width;
+# - `ablation_switches.png`: top-1 per HG / ST / GT row of the ablation, bars per bit width.
+#
+# Run it as a notebook (jupytext/nbmake) or as a script: `python notebooks/ablation_plots.py`.
+
+# %% tags=["parameters"]
+SWEEP_DIRS = ["multirun/table1", "multirun/ablation", "multirun/metrics", "multirun/calib_size",
+              "multirun/compat", "multirun/seeds"]  # relative to the repository root; missing ones are skipped
+OUT_DIR = "experiments/plots"
+ROOT = None  # repository root; None: the first folder above the working directory holding ptq/
+
+# %%
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def find_root(start: Path) -> Path:
+    for folder in (start, *start.parents):
+        if (folder / "ptq" / "__init__.py").is_file():
+            return folder
+    raise FileNotFoundError(f"no ptq/ package above {start}; set ROOT")
+
+
+root = Path(ROOT) if ROOT else find_root(Path.cwd().resolve())
+sys.path.insert(0, str(root))
+from ptq import report  # noqa: E402
+
+
+def resolve(p) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else root / p
+
+
+sweeps = [resolve(p) for p in SWEEP_DIRS if resolve(p).is_dir()]
+out_dir = resolve(OUT_DIR)
+out_dir.mkdir(parents=True, exist_ok=True)
+records = {p.name: report.load_records([p]) for p in sweeps}
+print({name: len(df) for name, df in records.items()})
+saved = []
+
+
+def bits_number(label: str) -> int:
+    return int(label[1:].split("A")[0])
+
+
+# %% [markdown]
+# ## Accuracy against bit width, per quantizer
+
+# %%
+for name, df in records.items():
+    cells = report.main_table(df).cells
+    if not len(cells):
+        continue
+    models = report.model_order(cells["model"])
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.6), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = cells[cells["model"] == model]
+        fp = mine[mine["method"] == "FP32"]
+        q = mine[mine["method"] != "FP32"]
+        for label, line in q.groupby(q["method"] + " " + q["setting"], sort=True):
+            line = line.assign(b=line["bits"].map(bits_number)).sort_values("b")
+            ax.errorbar(line["b"], line["mean"], yerr=line["std"].where(line["n"] > 1), marker="o", capsize=3,
+                        label=label.strip())
+        if len(fp):
+            ax.axhline(fp["mean"].iloc[0], color="k", ls="--", lw=1, label="FP32")
+        ax.set_title(model)
+        ax.set_xlabel("bits (W = A)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_xticks(sorted({bits_number(b) for b in q["bits"]}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{name}: top-1 against bit width")
+    fig.tight_layout()
+    path = out_dir / f"accuracy_vs_bits_{name}.png"
+    fig.savefig(path, dpi=120)
+    saved.append(path)
+    plt.show()
+    plt.close(fig)
+
+
+# %% [markdown]
+# ## Metric comparison and ablation switches (bars per bit width)
+
+# %%
+def bars(table, row_label, title, path):
+    """Grouped bars: one group per row of the table, one bar per (model, bits) column, std as error bars."""
+    cells = table.cells
+    columns = [c for c in table.display.columns if c in set(cells["column"])]
+    labels = list(dict.fromkeys(cells["row"]))
+    width = 0.8 / max(1, len(columns))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) * max(1, len(columns)) / 2 + 3), 3.8))
+    for i, col in enumerate(columns):
+        c = cells[cells["column"] == col].set_index("row").reindex(labels)
+        xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(labels))]
+        ax.bar(xs, c["mean"], width, yerr=c["std"].where(c["n"] > 1), capsize=2, label=col)
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+    ax.set_xlabel(row_label)
+    ax.set_ylabel("top-1 (%)")
+    finite = cells["mean"].dropna()
+    if len(finite):
+        ax.set_ylim(max(0.0, finite.min() - 5), min(100.0, finite.max() + 2))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    saved.append(path)
+    plt.show()
+    plt.close(fig)
+
+
+metric_runs = [df for df in records.values() if len(df) and report.pick_layout(df) == "metrics"]
+if metric_runs:
+    table = report.metrics_table(report.pd.concat(metric_runs, ignore_index=True))  # cells in table order
+    table.cells["row"] = [m if g == "—" else f"{m} ({g})"
+                          for m, g in zip(table.cells["metric"], table.cells["grad"])]
+    bars(table, "layer metric (Hessian: gradient source)", "Metric comparison", out_dir / "metric_comparison.png")
+
+ablation_runs = [df for df in records.values() if len(df) and report.pick_layout(df) == "ablation"]
+if ablation_runs:
+    table = report.ablation_table(report.pd.concat(ablation_runs, ignore_index=True))
+    table.cells["row"] = [" + ".join(n for n, on in zip(("HG", "ST", "GT"), flags) if on) or "none"
+                          for flags in zip(table.cells["HG"], table.cells["ST"], table.cells["GT"])]
+    bars(table, "switches on (HG Hessian metric, ST softmax twin, GT GELU twin)", "Ablation",
+         out_dir / "ablation_switches.png")
+
+# %%
+print("saved:", *[str(p) for p in saved], sep="\n  ")

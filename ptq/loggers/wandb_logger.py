@@ -1,0 +1,119 @@
+"""Weights & Biases logger: one W&B run per finished job, written into the job's own run folder.
+
+Mode from `logger.mode` (default: env WANDB_MODE, else offline); offline runs land in `<run>/wandb/offline-run-*`
+and are uploaded later with `wandb sync <run>/wandb/offline-run-*`. Logging never fails a finished job: any problem
+is reported as a warning, results.json is already written.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+log = logging.getLogger("ptq")
+
+MODES = ("online", "offline", "disabled", "shared")
+SUMMARY_KEYS = ("status", "top1", "top5", "top1_fp32", "top5_fp32", "agreement", "kl_fp32", "drop", "calib_seconds",
+                "eval_seconds", "peak_memory_mb", "calib_peak_memory_mb", "num_test", "calib_images")
+
+
+def _hydra():
+    """Hydra's runtime config of the current job, or None outside a Hydra job (tests, notebooks)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get()
+    except Exception:
+        return None
+
+
+def run_group(cfg: DictConfig) -> str | None:
+    """`logger.group` if set, else the sweep folder name in a multirun, else none."""
+    if cfg.logger.get("group"):
+        return str(cfg.logger.group)
+    hc = _hydra()
+    if hc is not None:
+        from hydra.types import RunMode
+
+        if hc.mode == RunMode.MULTIRUN:
+            return Path(str(hc.sweep.dir)).name
+    return None
+
+
+def _bits(cfg: DictConfig, results: dict) -> str | None:
+    """'w6a6' for a quantized run, None for a float one."""
+    if not (results.get("ptq_config") or {}).get("enabled", cfg.quantizer.get("enabled", True)):
+        return None
+    return f"w{results.get('bits_w', cfg.bits.w)}a{results.get('bits_a', cfg.bits.a)}"
+
+
+def run_name(cfg: DictConfig, results: dict) -> str:
+    """The job's command-line overrides (Hydra's override_dirname), else model / method / bits."""
+    hc = _hydra()
+    name = str(hc.job.override_dirname) if hc is not None else ""
+    if name:
+        return name
+    parts = (results.get("model", cfg.model.name), results.get("quantizer", cfg.quantizer.name), _bits(cfg, results))
+    return "_".join(str(p) for p in parts if p)
+
+
+def run_tags(cfg: DictConfig, results: dict) -> list[str]:
+    """model, bits (w6a6), quantizer, metric (no bits or metric for a float run), then the configured logger.tags;
+    W&B caps a tag at 64 characters."""
+    bits = _bits(cfg, results)
+    tags = [results.get("model", cfg.model.name), bits, results.get("quantizer", cfg.quantizer.name),
+            results.get("metric", cfg.metric.name) if bits else None]
+    tags += [str(t) for t in (cfg.logger.get("tags") or [])]
+    return list(dict.fromkeys(str(t)[:64] for t in tags if t))
+
+
+def _artifact_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:120] or "run"
+
+
+def log_to_wandb(cfg: DictConfig, results: dict, out: Path | None) -> None:
+    """Record one finished job as its own W&B run (config, tags, summary metrics, calibrated parameters)."""
+    try:
+        mode = str(cfg.logger.get("mode") or "offline")
+        if mode not in MODES:
+            log.warning("W&B not logged: logger.mode=%s is unknown; valid: %s", mode, ", ".join(MODES))
+            return
+        if mode == "disabled":
+            log.debug("W&B disabled (logger.mode=disabled)")
+            return
+        import wandb
+    except Exception as e:  # noqa: BLE001 - logging never fails a finished job
+        log.warning("W&B not logged: %s: %s", type(e).__name__, e)
+        return
+    run = None
+    try:
+        config = dict(results.get("config") or {})
+        config["ptq_config"] = results.get("ptq_config")
+        config["env"] = results.get("env")
+        run = wandb.init(
+            project=cfg.logger.get("project") or "ptq-vit", entity=cfg.logger.get("entity") or None,
+            dir=str(out) if out is not None else None, mode=mode, group=run_group(cfg),
+            name=run_name(cfg, results), tags=run_tags(cfg, results), config=config, job_type="ptq",
+            reinit="finish_previous",
+            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True, init_timeout=60))
+        run.summary.update({k: results[k] for k in SUMMARY_KEYS if k in results})
+        params = results.get("params_file")
+        if params and out is not None and cfg.logger.get("log_params", True) and (Path(out) / params).is_file():
+            art = wandb.Artifact(_artifact_name(f"quant-params-{run.name}"), type="quant-params",
+                                 metadata={k: results[k] for k in ("model", "quantizer", "bits_w", "bits_a", "top1")
+                                           if k in results})
+            art.add_file(str(Path(out) / params), name=Path(params).name)
+            run.log_artifact(art)
+        if mode == "offline" and out is not None:
+            log.info("W&B offline run in %s (upload: wandb sync %s/wandb/offline-run-*)", out, out)
+    except Exception as e:  # noqa: BLE001
+        log.warning("W&B logging failed (results.json is unaffected): %s: %s", type(e).__name__,
+                    " ".join(str(e).split())[:300])
+    finally:
+        if run is not None:
+            try:
+                run.finish()
+            except Exception as e:  # noqa: BLE001
+                log.warning("W&B run did not finish cleanly: %s: %s", type(e).__name__, e)

@@ -1,0 +1,63 @@
+"""Save / load calibrated quantizer parameters (every scale, split and code range, by module name)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ptq.errors import PTQError
+from ptq.quant.wrap import quant_ops, set_quant_enabled
+
+
+def quant_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {}
+    for name, op in quant_ops(model).items():
+        for operand, q in op.quantizers().items():
+            key = f"{name}.{operand}"
+            for k, v in q.export().items():
+                tensors[f"{key}.{k}"] = v.detach().float().cpu().clone().contiguous()
+            meta[key] = {"kind": q.kind, "bits": q.bits, "form": q.form, "groups": q.layout.groups}
+    return tensors, meta
+
+
+def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tensors, meta = quant_state(model)
+    md = {"quantizers": json.dumps(meta)}
+    md.update(metadata or {})
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata=md)
+    tmp.replace(path)
+
+
+def load_quant_params(model: nn.Module, path: str | Path) -> None:
+    """Load parameters saved by `save_quant_params` into an identically wrapped model and enable quantization."""
+    from safetensors import safe_open
+
+    from ptq.models.registry import resolve_path
+
+    path = resolve_path(str(path))
+    if not path.is_file():
+        raise PTQError(f"quantizer.load={path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("quantizers", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise PTQError(f"quantizer.load={path} is not a saved quantizer-parameter file ({type(e).__name__})") from None
+    _, own = quant_state(model)
+    if set(own) != set(meta):
+        diff = sorted(set(own) ^ set(meta))[:3]
+        raise PTQError(f"quantizer.load={path} does not match this model/method: differing quantizers {diff}")
+    for name, op in quant_ops(model).items():
+        for operand, q in op.quantizers().items():
+            key = f"{name}.{operand}"
+            if meta[key]["kind"] != q.kind or meta[key]["bits"] != q.bits or meta[key]["form"] != q.form:
+                raise PTQError(f"quantizer.load={path}: {key} was saved as {meta[key]} but this run builds "
+                               f"kind={q.kind} bits={q.bits} form={q.form}")
+            q.set_param(tensors[f"{key}.param"])
+    set_quant_enabled(model, True)

@@ -1,0 +1,157 @@
+"""Operand quantizers: a registry keyed by name and the base class every quantizer implements.
+
+A quantizer fake-quantizes one operand (a weight, a layer input, a matmul operand). Its searched parameter is a
+compact tensor `param` of shape [G] (one value per scale group). Everything the search needs is batched over a
+leading candidate dimension: `fake(x, params[C, G])` returns [C, *x.shape], so C candidates cost one tensor op.
+
+Adding a quantizer = one file in this folder with a `@register_quantizer("name")` class (it is imported
+automatically) + a YAML in conf/quantizer/ that selects it for an operand (see README).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+QUANTIZERS: dict[str, type["Quantizer"]] = {}
+
+
+def register_quantizer(name: str) -> Callable[[type], type]:
+    def deco(cls: type) -> type:
+        cls.kind = name
+        QUANTIZERS[name] = cls
+        return cls
+
+    return deco
+
+
+class Layout:
+    """Where the scale groups of a quantizer lie in its operand: `axis` (negative, counted from the last dimension;
+    None = one group for the whole tensor), `size` entries along that axis, split into `groups` contiguous blocks
+    (e.g. 3 for the q/k/v rows of qkv, H for heads, `size` for per-channel)."""
+
+    def __init__(self, axis: int | None = None, size: int = 1, groups: int = 1):
+        if axis is not None and (axis >= 0 or size % groups):
+            raise ValueError(f"bad layout: axis {axis} must be negative and {size} entries must form {groups} groups")
+        self.axis, self.size, self.groups = axis, size, (groups if axis is not None else 1)
+
+    def expand(self, p: torch.Tensor, ndim: int) -> torch.Tensor:
+        """[*lead, G] -> [*lead, *shape broadcastable against an operand of `ndim` dimensions]."""
+        lead = p.shape[:-1]
+        if self.axis is None:
+            return p.reshape(*lead, *([1] * ndim))
+        full = p.repeat_interleave(self.size // self.groups, dim=-1) if self.groups != self.size else p
+        shape = [1] * ndim
+        shape[self.axis] = self.size
+        return full.reshape(*lead, *shape)
+
+    def group_max(self, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] = torch.abs) -> torch.Tensor:
+        """Max of fn(x) within each group -> [G]."""
+        v = fn(x.detach())
+        if self.axis is None:
+            return v.amax().reshape(1)
+        v = v.movedim(self.axis, 0).reshape(self.groups, -1)
+        return v.amax(dim=1)
+
+
+class Quantizer(nn.Module):
+    """Base class. Subclasses implement `fake`, `from_stat` (and `stat`) and `candidates`."""
+
+    kind = "base"
+    signed = True
+
+    def __init__(self, bits: int, layout: Layout, form: str = "paper", **options):
+        super().__init__()
+        self.bits = int(bits)
+        self.layout = layout
+        self.form = form
+        self.options = options
+        self.enabled = False
+        self.register_buffer("param", torch.ones(layout.groups))
+        self.initialized = False
+
+    # -- the arithmetic -------------------------------------------------------------------------------------------
+    def fake(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Quantize-dequantize x with params [G] (-> x.shape) or candidates [C, G] (-> [C, *x.shape])."""
+        raise NotImplementedError
+
+    def stat(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Calibration statistic of x per group, combined over batches by max (default: max |x|)."""
+        return self.layout.group_max(x)
+
+    def from_stat(self, stat: torch.Tensor | None) -> torch.Tensor:
+        """The initial parameter [G] (e.g. min-max scales) from the statistic over all calibration samples."""
+        raise NotImplementedError
+
+    def candidates(self, search) -> torch.Tensor:
+        """Candidate parameters [C, G] for the search (search: ptq.quant.config.SearchConfig)."""
+        raise NotImplementedError
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def observe(self, x: torch.Tensor) -> None:
+        s = self.stat(x)
+        if s is not None:
+            prev = getattr(self, "_stat", None)
+            self._stat = s if prev is None else torch.maximum(prev, s)
+
+    def init_from_stats(self) -> None:
+        """Set (and remember as `initial`) the parameter from the observed statistic; forget the statistic."""
+        p = self.from_stat(getattr(self, "_stat", None)).to(self.param)
+        self.param.copy_(p)
+        self.initial = p.clone()
+        self._stat = None
+        self.initialized = True
+
+    def initialize(self, x: torch.Tensor) -> None:
+        self._stat = None
+        self.observe(x)
+        self.init_from_stats()
+
+    def set_param(self, p: torch.Tensor) -> None:
+        self.param.copy_(p.to(self.param))
+        if not hasattr(self, "initial"):
+            self.initial = self.param.clone()
+        self.initialized = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        return self.fake(x, self.param)
+
+    def export(self) -> dict[str, torch.Tensor]:
+        """Every calibrated value worth saving (scales, splits, code ranges); `param` is what `load` restores."""
+        return {"param": self.param.detach().clone()}
+
+    def extra_repr(self) -> str:
+        return f"{self.kind}, bits={self.bits}, groups={self.layout.groups}, form={self.form}, enabled={self.enabled}"
+
+
+def qmax_signed(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def qmin_signed(bits: int) -> int:
+    return -(2 ** (bits - 1))
+
+
+def safe_scale(s: torch.Tensor) -> torch.Tensor:
+    """Avoid a zero scale for an all-zero group (it would divide by zero)."""
+    return torch.where(s > 0, s, torch.full_like(s, 1e-8))
+
+
+def grid_candidates(delta0: torch.Tensor, search) -> torch.Tensor:
+    """Spec section 5: Delta_i = (alpha + i (beta - alpha) / n) * Delta0 -> [C, G]."""
+    mult = torch.tensor(search.grid(), dtype=delta0.dtype, device=delta0.device)
+    return mult[:, None] * delta0[None, :]
+
+
+def log2_floor(x: torch.Tensor) -> torch.Tensor:
+    """floor(log2(x)) robust to float error at exact powers of two."""
+    e = torch.floor(torch.log2(x))
+    return e + ((2.0 ** (e + 1)) <= x).to(x.dtype) - ((2.0 ** e) > x).to(x.dtype)
+
+
+__all__ = ["QUANTIZERS", "register_quantizer", "Quantizer", "Layout", "qmax_signed", "qmin_signed", "safe_scale",
+           "grid_candidates", "log2_floor", "math"]

@@ -1,0 +1,70 @@
+"""The paper's published numbers (ImageNet top-1, 32 calibration images), transcribed from SPEC.md section 6.
+
+`ptq.report` puts them beside ours for paper models (keys are timm model names). Nothing else reads them.
+"""
+from __future__ import annotations
+
+# Table 1, from the reference README: model -> {"FP32": top-1, (method, bits): top-1}.
+_T1_COLUMNS = ("FP32", ("BasePTQ", "W8A8"), ("BasePTQ", "W6A6"), ("PTQ4ViT", "W8A8"), ("PTQ4ViT", "W6A6"))
+_T1_ROWS = {
+    "vit_small_patch32_224": (75.99, 73.61, 60.14, 75.58, 71.91),
+    "vit_small_patch16_224": (81.39, 80.47, 70.24, 81.00, 78.63),
+    "vit_base_patch16_224": (84.54, 83.90, 75.67, 84.25, 81.65),
+    "vit_base_patch16_384": (86.00, 85.35, 46.89, 85.83, 83.35),
+    "deit_small_patch16_224": (79.80, 77.65, 72.27, 79.47, 76.28),
+    "deit_base_patch16_224": (81.80, 80.95, 78.79, 81.48, 80.25),
+    "deit_base_patch16_384": (83.11, 82.33, 68.44, 82.97, 81.55),
+    "swin_tiny_patch4_window7_224": (81.39, 80.96, 78.46, 81.25, 80.47),
+    "swin_small_patch4_window7_224": (83.23, 82.76, 81.74, 83.11, 82.38),
+    "swin_base_patch4_window7_224": (85.27, 84.79, 83.35, 85.15, 84.01),
+    "swin_base_patch4_window12_384": (86.44, 86.17, 85.23, 86.39, 85.39),
+}
+TABLE1: dict[str, dict] = {model: dict(zip(_T1_COLUMNS, values)) for model, values in _T1_ROWS.items()}
+
+# PTQ4ViT at W4A4 as quoted by later papers (never published by the authors; SPEC.md section 6, last line).
+W4A4_QUOTED: dict[str, float] = {
+    "vit_small_patch16_224": 42.57, "vit_base_patch16_224": 30.69, "deit_tiny_patch16_224": 36.96,
+    "deit_small_patch16_224": 34.08, "deit_base_patch16_224": 64.39, "swin_small_patch4_window7_224": 76.09,
+    "swin_base_patch4_window7_224": 74.02,
+}
+
+# Ablation (PTQ4ViT preset): (HG, ST, GT) -> model -> (W8A8, W6A6). HG = Hessian-guided metric,
+# ST = softmax twin, GT = GELU twin. The all-off row equals the BasePTQ column of table 1 in the reference.
+ABLATION_ROWS: tuple[tuple[bool, bool, bool], ...] = (
+    (False, False, False), (True, False, False), (True, True, False), (True, False, True), (False, True, True),
+    (True, True, True),
+)
+_ABL_MODELS = ("vit_small_patch16_224", "vit_base_patch16_224", "vit_base_patch16_384")
+_ABL_VALUES = (
+    ((80.47, 70.24), (83.90, 75.67), (85.35, 46.89)),
+    ((80.93, 77.20), (83.97, 79.90), (85.42, 79.99)),
+    ((81.11, 78.57), (84.07, 80.76), (85.67, 82.01)),
+    ((80.84, 76.93), (84.10, 80.82), (85.60, 82.21)),
+    ((79.25, 74.07), (83.40, 78.86), (84.35, 80.86)),
+    ((81.00, 78.63), (84.25, 81.65), (85.89, 83.19)),
+)
+ABLATION: dict[tuple[bool, bool, bool], dict[str, tuple[float, float]]] = {
+    row: dict(zip(_ABL_MODELS, values)) for row, values in zip(ABLATION_ROWS, _ABL_VALUES)}
+ABLATION_BITS = ("W8A8", "W6A6")
+
+
+def base_model_name(name: str) -> str:
+    """timm name without its pretrained tag: 'vit_base_patch16_224.augreg_in21k' -> 'vit_base_patch16_224'."""
+    return str(name).split(".", 1)[0]
+
+
+def table1_reference(model: str, method: str, bits: str | None = None) -> float | None:
+    """The reference top-1 of `method` ("FP32", "BasePTQ", "PTQ4ViT") at `bits` ("W8A8", ...) on `model`."""
+    model = base_model_name(model)
+    if method == "FP32":
+        return TABLE1.get(model, {}).get("FP32")
+    if method == "PTQ4ViT" and bits == "W4A4":
+        return W4A4_QUOTED.get(model)
+    return TABLE1.get(model, {}).get((method, bits))
+
+
+def ablation_reference(model: str, flags: tuple[bool, bool, bool], bits: str) -> float | None:
+    pair = ABLATION.get(tuple(flags), {}).get(base_model_name(model))
+    if pair is None or bits not in ABLATION_BITS:
+        return None
+    return pair[ABLATION_BITS.index(bits)]

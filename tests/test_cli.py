@@ -1,0 +1,124 @@
+"""run.py end to end: a real job as a subprocess, and every bad input as a one-line error with a non-zero exit
+and no run folder left behind (in-process through run.py's own entry point, two of them as subprocesses)."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import FAST, ROOT, bad_checkpoint, mcfg
+
+
+
+def _env():
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(ROOT))
+    env.pop("HYDRA_FULL_ERROR", None)
+    return env
+
+
+def run_py(args, timeout=300):
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_in_process(args, monkeypatch, capsys) -> tuple[int, str, str]:
+    """`python run.py ARGS` in this process (run.py executed as __main__): (exit code, stdout, stderr)."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "run.py"), *args])
+    code = 0
+    try:
+        runpy.run_path(str(ROOT / "run.py"), run_name="__main__")
+    except SystemExit as e:
+        code = e.code
+    finally:
+        for handler in logging.getLogger().handlers[:]:  # Hydra's job logging points at the removed run folder
+            logging.getLogger().removeHandler(handler)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_one_line_error(code, err, *expected):
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code not in (0, None), err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+
+
+@pytest.mark.slow
+def test_run_py_subprocess_evaluates_own_checkpoint(tmp_path):
+    """A user's own checkpoint of the test-bed ViT shape, evaluated by run.py as the README shows."""
+    from ptq.models import build_model
+
+    torch.manual_seed(0)
+    ckpt = tmp_path / "own.pt"
+    torch.save(build_model(mcfg(embed_dim=96, depth=4, num_heads=3)).state_dict(), ckpt)
+    out = tmp_path / "run"
+    proc = run_py(["model=fmnist_vit", "model.kwargs.embed_dim=96", "model.kwargs.depth=4", "model.kwargs.num_heads=3",
+                   f"model.checkpoint={ckpt}", "quantizer=fp32", "data.max_test=500", f"hydra.run.dir={out}"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "top-1 / fp32" in proc.stdout and str(out / "results.json") in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert results["status"] == "ok" and results["num_test"] == 500 and results["quantizer"] == "fp32"
+    assert results["config"]["model"]["checkpoint"] == str(ckpt)
+    assert {"torch", "timm", "git_commit", "device"} <= set(results["env"])
+    assert (out / ".hydra" / "config.yaml").is_file() and (out / "run.log").is_file()
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["model=foo"], ["'foo'", "valid: fmnist_swin, fmnist_vit"]),
+    (["quantizer.bogus=1"], ["'quantizer.bogus'", "valid keys of quantizer:", "compat", "+quantizer.bogus=1"]),
+])
+def test_run_py_subprocess_rejects_config(tmp_path, args, expected):
+    out = tmp_path / "run"
+    proc = run_py([*args, f"hydra.run.dir={out}"], timeout=60)
+    assert_one_line_error(proc.returncode, proc.stderr, *expected)
+    assert not out.exists()
+
+
+def _checkpoint(tmp_path, case):
+    torch.manual_seed(0)
+    from ptq.models import build_model
+
+    return bad_checkpoint(tmp_path, build_model(mcfg()), case)
+
+
+BAD_INPUTS = {
+    "unknown_model_option": (["model=foo"], ["unknown model 'foo'", "valid: fmnist_swin, fmnist_vit"]),
+    "unknown_model_name": (["model.name=foo_bar"], ["unknown model 'foo_bar'", "valid:"]),
+    "unknown_key": (["calib.bogus=1"], ["unknown config key 'calib.bogus'", "valid keys of calib:", "n_images"]),
+    "unknown_kwarg": (["model.kwargs.bogus=1"], ["'model.kwargs.bogus'", "embed_dim", "+model.kwargs.bogus=1"]),
+    "unknown_bits": (["bits=w9a9"], ["unknown bits 'w9a9'", "valid: w3a3, w4a4, w6a6, w8a8"]),
+    "missing_data_root": (["data.root=/nonexistent", "data.download=false"],
+                          ["data.root=/nonexistent", "dataset-fashion-mnist"]),
+    "model_data_mismatch": (["model=deit_tiny_patch16_224", "model.pretrained=false"],
+                            ["deit_tiny_patch16_224 takes 3x224x224", "valid:", "data=imagenet"]),
+    "calib_zero": (["calib.n_images=0"], ["calib.n_images=0", "valid:"]),
+    "calib_too_many": (["calib.n_images=70000"], ["calib.n_images=70000", "valid: 1..60000"]),
+    "bits_one": (["bits.w=1"], ["bits.w=1", "valid:"]),
+    "checkpoint_shapes": ("shapes", ["shape mismatch: cls_token (1, 1, 48) vs model (1, 1, 96)"]),
+    "checkpoint_keys": ("keys", ["missing keys: blocks.2."]),
+    "checkpoint_list": ("list", ["is not a state dict", "found list"]),
+    "checkpoint_random_bytes": ("random_pth", ["cannot be read as a state dict"]),
+    "checkpoint_nan": ("nan", ["NaN/Inf", "blocks.1.mlp.fc1.weight"]),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input(tmp_path, monkeypatch, capsys, case):
+    args, expected = BAD_INPUTS[case]
+    base = [*FAST, "data.max_test=100"]
+    if isinstance(args, str):  # a checkpoint case: the file is written first
+        path = _checkpoint(tmp_path, args)
+        args, expected = [f"model.checkpoint={path}"], [str(path), *expected]
+    else:
+        base.append("model.checkpoint=null")
+    out = tmp_path / "run"
+    code, _, err = run_in_process([*base, *args, f"hydra.run.dir={out}"], monkeypatch, capsys)
+    assert_one_line_error(code, err, *expected)
+    assert not out.exists() and not list(tmp_path.rglob("results.json"))
