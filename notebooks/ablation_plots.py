@@ -33,20 +33,9 @@ ROOT = None  # repository root; None: the first folder above the working directo
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-
-def find_root(start: Path) -> Path:
-    for folder in (start, *start.parents):
-        if (folder / "ptq" / "__init__.py").is_file():
-            return folder
-    raise FileNotFoundError(f"no ptq/ package above {start}; set ROOT")
-
-
-root = Path(ROOT) if ROOT else find_root(Path.cwd().resolve())
+root = Path(ROOT) if ROOT else next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "ptq").is_dir())
 sys.path.insert(0, str(root))
 from ptq import report  # noqa: E402
 
@@ -95,19 +84,14 @@ for name, df in records.items():
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{name}: top-1 against bit width")
-    fig.tight_layout()
-    path = out_dir / f"accuracy_vs_bits_{name}.png"
-    fig.savefig(path, dpi=120)
-    saved.append(path)
-    plt.show()
-    plt.close(fig)
+    saved.append(report.save_figure(fig, out_dir / f"accuracy_vs_bits_{name}.png"))
 
 
 # %% [markdown]
 # ## Metric comparison and ablation switches (bars per bit width)
 
 # %%
-def bars(table, row_label, title, path):
+def bars(table, row_label, title, filename):
     """Grouped bars: one group per row of the table, one bar per (model, bits) column, std as error bars."""
     cells = table.cells
     columns = [c for c in table.display.columns if c in set(cells["column"])]
@@ -128,11 +112,7 @@ def bars(table, row_label, title, path):
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    saved.append(path)
-    plt.show()
-    plt.close(fig)
+    saved.append(report.save_figure(fig, out_dir / filename))
 
 
 metric_runs = [df for df in records.values() if len(df) and report.pick_layout(df) == "metrics"]
@@ -140,15 +120,14 @@ if metric_runs:
     table = report.metrics_table(report.pd.concat(metric_runs, ignore_index=True))  # cells in table order
     table.cells["row"] = [m if g == "—" else f"{m} ({g})"
                           for m, g in zip(table.cells["metric"], table.cells["grad"])]
-    bars(table, "layer metric (Hessian: gradient source)", "Metric comparison", out_dir / "metric_comparison.png")
+    bars(table, "layer metric (Hessian: gradient source)", "Metric comparison", "metric_comparison.png")
 
 ablation_runs = [df for df in records.values() if len(df) and report.pick_layout(df) == "ablation"]
 if ablation_runs:
     table = report.ablation_table(report.pd.concat(ablation_runs, ignore_index=True))
     table.cells["row"] = [" + ".join(n for n, on in zip(("HG", "ST", "GT"), flags) if on) or "none"
                           for flags in zip(table.cells["HG"], table.cells["ST"], table.cells["GT"])]
-    bars(table, "switches on (HG Hessian metric, ST softmax twin, GT GELU twin)", "Ablation",
-         out_dir / "ablation_switches.png")
+    bars(table, "switches on (HG Hessian metric, ST softmax twin, GT GELU twin)", "Ablation", "ablation_switches.png")
 
 # %%
 print("saved:", *[str(p) for p in saved], sep="\n  ")

@@ -24,16 +24,28 @@ def git_commit() -> str:
         return "unknown"
 
 
+def strict_float32() -> None:
+    """Full float32 matmuls and convolutions on CUDA (no TF32), as in the reference: the calibration scores compare
+    float outputs with quantized ones, and TF32's 10-bit mantissa would blur them."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """`auto | cpu | cuda | cuda:N` -> a torch.device (auto: cuda when available). On CUDA, TF32 is switched off."""
     from ptq.errors import PTQError
 
+    name = str(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name not in ("cpu", "cuda") and not str(name).startswith("cuda:"):
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise PTQError(f"unknown device '{name}'; valid: auto, cpu, cuda")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise PTQError(f"device={name} asked for but CUDA is not available; valid here: auto, cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        strict_float32()
+    return device
 
 
 def environment(device: torch.device | str = "cpu") -> dict:

@@ -421,6 +421,15 @@ def failed_table(df: pd.DataFrame) -> pd.DataFrame:
                          "error": bad["error"].fillna("").map(lambda e: " ".join(str(e).split())[:200])})
 
 
+def save_figure(fig, path: Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure of the notebooks as PNG (folders created); the figure stays open for display."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per job with the numbers the notebooks plot (no nested config)."""
     return df.drop(columns=["config"])

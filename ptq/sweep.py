@@ -25,6 +25,8 @@ def effective_config(config: dict) -> dict:
     """The part of a resolved config that can change a job's numbers: the float model (quantizer.enabled false)
     ignores bits, metric, calibration and method settings; only the Hessian metric reads metric.grad, and only
     its `fisher` source reads metric.fisher_draws. Jobs with equal effective configs give equal results."""
+    from ptq.metrics import NEEDS_GRAD
+
     c = copy.deepcopy(_comparable(config))
     quantizer = c.get("quantizer") or {}
     if not quantizer.get("enabled", True):
@@ -33,9 +35,10 @@ def effective_config(config: dict) -> dict:
         c["quantizer"] = {"enabled": False}
         return c
     metric = c.get("metric") or {}
-    if metric.get("name") != "hessian":
+    if metric.get("name") not in NEEDS_GRAD:  # no gradient is computed for these metrics
         metric.pop("grad", None)
-    if metric.get("name") != "hessian" or metric.get("grad") not in (None, "fisher"):
+        metric.pop("fisher_draws", None)
+    elif metric.get("grad") not in (None, "fisher"):
         metric.pop("fisher_draws", None)
     return c
 

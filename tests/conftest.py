@@ -19,6 +19,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: runs a subprocess or a full test-split evaluation (seconds, not ms)")
+    config.addinivalue_line("markers", "paper_full: the base-size paper models at full depth (run with -m paper_full)")
 
 
 @pytest.fixture

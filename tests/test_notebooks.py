@@ -66,3 +66,15 @@ def test_ablation_plots_notebook(tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == [
         "ablation_switches.png", "accuracy_vs_bits_ablation.png", "accuracy_vs_bits_metrics.png",
         "accuracy_vs_bits_table1.png", "metric_comparison.png"]
+
+
+def test_metric_fidelity_notebook(tmp_path):
+    out = tmp_path / "fidelity"
+    params = {"CHECKPOINT": None, "LAYERS": ["blocks.0.mlp.fc1"], "N_IMAGES": 8, "SEARCH_N": 10,
+              "GRADS": ["kl_self", "pseudo_ce"], "OUT_DIR": str(out), "ROOT": str(ROOT)}
+    run_nbmake(to_ipynb(NOTEBOOKS / "metric_fidelity.py", params, tmp_path))
+    assert sorted(p.name for p in out.iterdir()) == ["fidelity_blocks_0_mlp_fc1.png", "spearman.csv", "spearman.md",
+                                                     "spearman.png"]
+    table = (out / "spearman.md").read_text()
+    for metric in ("mse", "l1", "cosine", "pearson", "hessian (kl_self)", "hessian (pseudo_ce)"):
+        assert f"| {metric} " in table

@@ -121,7 +121,8 @@ def test_effective_config_drops_unused_settings():
     assert effective_config(fp32) != effective_config(job_config(quantizer__name="fp32", quantizer__enabled=False,
                                                                  seed=1))
     mse = job_config(metric__name="mse")
-    assert effective_config(mse) == effective_config(job_config(metric__name="mse", metric__grad="fisher"))
+    assert effective_config(mse) == effective_config(job_config(metric__name="mse", metric__grad="fisher",
+                                                                metric__fisher_draws=8))
     assert effective_config(mse) != effective_config(job_config(metric__name="mse", bits__w=4))
     assert effective_config(job_config()) != effective_config(job_config(metric__grad="fisher"))
     assert effective_config(job_config()) == effective_config(job_config(metric__fisher_draws=8))

@@ -70,14 +70,14 @@ def _imagenet(cfg, model) -> DataBundle:
         raise PTQError("data=imagenet needs data.root=PATH (a folder with train/ and val/ class folders)")
     transform, data_cfg = eval_transform(model, cfg.data.get("transform") or {})
     train = image_folder(root, cfg.data.get("train_split", "train"), transform)
-    val = image_folder(root, cfg.data.get("val_split", "val"), transform)
+    val = image_folder(root, cfg.data.get("val_split", "val"), transform, train.class_to_idx)
     idx = calibration_indices(len(train), cfg.calib.n_images, cfg.calib.seed)
     calib = [train[int(i)] for i in idx]
     calib_x = torch.stack([c[0] for c in calib])
     calib_y = torch.tensor([c[1] for c in calib], dtype=torch.long)
     max_test = cfg.data.get("max_test")
-    if max_test:
-        val = Subset(val, list(range(min(max_test, len(val)))))
+    if max_test and max_test < len(val):  # evenly spaced over the sorted split: every class, not the first ones
+        val = Subset(val, (np.arange(max_test) * len(val) // max_test).tolist())
     workers = int(cfg.data.get("workers", 4))
 
     def batches(bs: int):
@@ -86,7 +86,7 @@ def _imagenet(cfg, model) -> DataBundle:
         yield from loader
 
     info = {"root": str(root), "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_cfg.items()},
-            "num_train": len(train), "classes": len(train.classes)}
+            "num_train": len(train), "classes": len(train.classes), "calib_indices": idx.tolist()}
     return DataBundle("imagenet", calib_x, calib_y, len(val), len(train.classes), batches, info)
 
 

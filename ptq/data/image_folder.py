@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
 
 from ptq.errors import PTQError
 
@@ -39,15 +40,35 @@ def eval_transform(model: torch.nn.Module, overrides: dict | None = None):
     return create_transform(**data_cfg, is_training=False), data_cfg
 
 
-def image_folder(root: str | Path, split: str, transform) -> Dataset:
-    """A torchvision ImageFolder of `root/split`, with a one-line error when it is missing or empty."""
-    from torchvision.datasets import ImageFolder
+class LabelledFolder(ImageFolder):
+    """torchvision's ImageFolder whose class -> label map can be fixed from outside (the train split's)."""
 
+    def __init__(self, root: str, transform=None, class_to_idx: dict[str, int] | None = None):
+        self.fixed_class_to_idx = class_to_idx
+        super().__init__(root, transform=transform)
+
+    def find_classes(self, directory):
+        classes, own = super().find_classes(directory)
+        fixed = self.fixed_class_to_idx
+        if fixed is None:
+            return classes, own
+        unknown = [c for c in classes if c not in fixed]
+        if unknown:
+            raise PTQError(f"image folder {directory} has class folders that the train split lacks: "
+                           f"{', '.join(unknown[:5])}; valid: the train split's {len(fixed)} classes")
+        return classes, {c: fixed[c] for c in classes}
+
+
+def image_folder(root: str | Path, split: str, transform, class_to_idx: dict[str, int] | None = None) -> Dataset:
+    """A torchvision ImageFolder of `root/split`, with a one-line error when it is missing or empty.
+
+    `class_to_idx` (the train split's) fixes the label of each class folder, so that a val split holding only some
+    of the classes keeps the train split's (= timm's ImageNet-1k) label indices."""
     path = Path(root) / split
     if not path.is_dir():
         raise PTQError(f"image folder {path} does not exist (data.root={root}); expected {split}/<class>/<image> "
                        f"folders, valid splits: train, val")
     try:
-        return ImageFolder(str(path), transform=transform)
+        return LabelledFolder(str(path), transform=transform, class_to_idx=class_to_idx)
     except (FileNotFoundError, RuntimeError) as e:
         raise PTQError(f"image folder {path} holds no images ({IMG_EXTENSIONS}): {e}") from None

@@ -34,6 +34,30 @@ def model_kwargs(mcfg) -> dict:
     return OmegaConf.to_container(kwargs, resolve=True) if isinstance(kwargs, DictConfig) else dict(kwargs)
 
 
+def pretrained_source(name: str) -> str:
+    """Where timm looks for the pretrained weights of `name`, in words: the hub repo and its cache folder, a URL and
+    the torch hub cache, or a local file."""
+    from timm.models import get_pretrained_cfg
+
+    pcfg = get_pretrained_cfg(name)
+    if pcfg is None:
+        return "timm defines no pretrained weights for it"
+    if pcfg.file:
+        return f"looked for the file {pcfg.file}"
+    if pcfg.hf_hub_id:
+        from huggingface_hub import constants
+
+        repo = pcfg.hf_hub_id.split("@")[0]
+        where = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+        mode = ("HF_HUB_OFFLINE=1: the cache only" if constants.HF_HUB_OFFLINE
+                else "the hub first, then the cache; HF_HUB_OFFLINE=1 skips the hub")
+        return (f"looked for {pcfg.hf_hub_filename or 'model.safetensors / pytorch_model.bin'} of the Hugging Face "
+                f"repo {repo} in the cache {where} ({mode}; HF_HUB_CACHE or HF_HOME move the cache)")
+    if pcfg.url:
+        return f"looked for {pcfg.url} in the torch hub cache {Path(torch.hub.get_dir()) / 'checkpoints'}"
+    return "timm names no source for its weights"
+
+
 def build_model(mcfg, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Create `mcfg.name` with `mcfg.kwargs`, load `mcfg.checkpoint` (local) or pretrained weights, eval mode."""
     name = mcfg.name
@@ -50,13 +74,12 @@ def build_model(mcfg, device: str | torch.device = "cpu") -> torch.nn.Module:
     except TypeError as e:
         raise PTQError(f"model.kwargs {kwargs} rejected by {name}: {e}") from None
     except (RuntimeError, OSError, ValueError, AssertionError) as e:  # timm asserts on inconsistent kwargs
-        if pretrained:
-            cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-            raise PTQError(f"pretrained weights for '{name}' not reachable (looked in the hub and the cache {cache}; "
-                           f"offline={os.environ.get('HF_HUB_OFFLINE', '0')}): {str(e).splitlines()[0][:160]}; "
-                           f"set model.checkpoint=PATH to a local file instead") from None
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PTQError(f"model '{name}' cannot be built with kwargs {kwargs}: {reason}") from None
+        reason = str(e).splitlines()[0].split(". ")[0][:160] if str(e) else type(e).__name__
+        if pretrained and "state_dict" not in str(e):
+            raise PTQError(f"pretrained weights for '{name}' not reachable: {pretrained_source(name)} ({reason}); "
+                           f"set model.checkpoint=PATH to a local state dict instead") from None
+        raise PTQError(f"model '{name}' cannot be built with kwargs {kwargs}"
+                       f"{' and its pretrained weights' if pretrained else ''}: {reason}") from None
     if checkpoint:
         load_into(model, resolve_path(str(checkpoint)))
     else:

@@ -11,6 +11,7 @@ Pipeline (spec section 5):
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -156,6 +157,8 @@ def calibrate(model: nn.Module, ops: dict[str, QuantOp], pcfg: PTQConfig, x: tor
               device: torch.device, progress: bool = True) -> CalibReport:
     report = CalibReport()
     metric = get_metric(pcfg.metric)
+    if pcfg.chunk_mb is None:  # cache-sized chunks on CPU; few, large kernels on GPU
+        pcfg = dataclasses.replace(pcfg, chunk_mb=1024.0 if device.type == "cuda" else 8.0)
     t0 = time.time()
     cal = Calibrator(model, ops, pcfg, x, y, device)
     cal.observe()

@@ -56,8 +56,8 @@ class PTQConfig:
     fisher_draws: int = 4
     mode: str = "parallel"                    # parallel | sequential
     n_images: int = 32
-    batch_size: int = 32
-    chunk_mb: float = 256.0
+    batch_size: int = 8
+    chunk_mb: float | None = None             # None: by device (8 MB on CPU, 1 GB on CUDA)
     capture_mb: float = 4096.0
     fast_paths: bool = True                   # exact algebraic shortcuts (ptq/quant/fast_paths.py)
     seed: int = 3
@@ -104,7 +104,8 @@ def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
         raise PTQError(f"calib.n_images={n_images} is impossible; valid: an integer >= 1 (at most the train split)")
     base = dict(name=q.name, enabled=bool(q.get("enabled", True)), compat=compat, w_bits=b.w, a_bits=b.a,
                 metric=m.name, grad=grad, fisher_draws=int(m.get("fisher_draws", 4)), mode=c.get("mode", "parallel"),
-                n_images=n_images, batch_size=int(c.get("batch_size", 32)), chunk_mb=float(c.get("chunk_mb", 256)),
+                n_images=n_images, batch_size=int(c.get("batch_size", 8)),
+                chunk_mb=(float(c["chunk_mb"]) if c.get("chunk_mb") else None),
                 capture_mb=float(c.get("capture_mb", 4096)),
                 fast_paths=bool(c.get("fast_paths", True)), seed=int(c.get("seed", 3)), load=q.get("load"))
     if not base["enabled"]:

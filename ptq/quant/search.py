@@ -82,6 +82,7 @@ def search_op(name: str, op: QuantOp, cap: dict[str, torch.Tensor], metric, pcfg
     t0 = time.time()
     result = OpResult(name)
     quantizers = op.quantizers()
+    chunk_mb = pcfg.chunk_mb or 8.0
     for r in range(pcfg.search.rounds):
         for operand in op.operands:
             q = quantizers.get(operand)
@@ -92,9 +93,9 @@ def search_op(name: str, op: QuantOp, cap: dict[str, torch.Tensor], metric, pcfg
             if isinstance(op, QMatMul) and operand == "a" and q.kind == "twin_softmax":
                 other_quantized = pcfg.search.split_v == "quantized"
             if pcfg.fast_paths and pcfg.metric == "mse" and isinstance(op, QLinear) and operand == "weight":
-                scores = linear_weight_mse_scores(op, params, cap, pcfg.chunk_mb)
+                scores = linear_weight_mse_scores(op, params, cap, chunk_mb)
             else:
-                scores = evaluate_candidates(op, operand, params, cap, metric, pcfg.chunk_mb, other_quantized)
+                scores = evaluate_candidates(op, operand, params, cap, metric, chunk_mb, other_quantized)
             best, idx = pick(params, scores)
             q.set_param(best)
             top = scores.max(dim=0).values.sum().item()

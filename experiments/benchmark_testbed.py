@@ -1,0 +1,101 @@
+"""Benchmark of the quantization core on the embedded test-bed (issue 3): accuracy, fidelity, calibration time
+and peak memory of every method, bit width, compat mode, metric and Hessian gradient source.
+
+    python experiments/benchmark_testbed.py                  # full grid, writes experiments/benchmark_testbed.{md,csv}
+    python experiments/benchmark_testbed.py --only speed     # just the calibration-speed target row
+
+Every row is one `ptq.app.run` in this process (the float logits are evaluated once per model and cached).
+Calibration seconds are wall-clock on this machine; peak memory is the process's resident high-water mark during
+calibration (reset before each run).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from ptq.app import run  # noqa: E402
+
+COLUMNS = ["model", "quantizer", "bits", "compat", "metric", "grad", "top1", "drop", "agreement", "kl_fp32",
+           "calib_s", "calib_peak_mb"]
+
+
+def grid(models: list[str], only: str | None) -> list[tuple[str, list[str]]]:
+    jobs: list[tuple[str, list[str]]] = []
+    speed = ("speed", ["model=fmnist_vit", "quantizer=ptq4vit", "bits=w6a6", "quantizer.compat=official", "metric=mse"])
+    if only == "speed":
+        return [speed]
+    for m in models:
+        jobs.append(("methods", [f"model={m}", "quantizer=fp32"]))
+        for q in ("base_ptq", "ptq4vit"):
+            for b in ("w8a8", "w6a6", "w4a4"):
+                for c in ("paper", "official"):
+                    jobs.append(("methods", [f"model={m}", f"quantizer={q}", f"bits={b}", f"quantizer.compat={c}"]))
+        for metric in ("mse", "l1", "cosine", "pearson", "linear_weighted_l2", "square_weighted_l2"):
+            jobs.append(("metrics", [f"model={m}", "quantizer=ptq4vit", "bits=w6a6", f"metric={metric}"]))
+        for g in ("kl_self", "kl_quant", "pseudo_ce", "label_ce", "fisher"):
+            jobs.append(("grads", [f"model={m}", "quantizer=ptq4vit", "bits=w6a6", "metric=hessian",
+                                   f"metric.grad={g}"]))
+    return jobs + [speed]
+
+
+def row(section: str, r: dict) -> dict:
+    q = r["quantizer"]
+    return {"section": section, "model": r["model"], "quantizer": q,
+            "bits": "-" if q == "fp32" else f"W{r['bits_w']}A{r['bits_a']}",
+            "compat": "-" if q == "fp32" else r["compat"], "metric": "-" if q == "fp32" else r["metric"],
+            "grad": r["grad"] if q != "fp32" and r["metric"] == "hessian" else "-",
+            "top1": round(r["top1"], 2), "drop": round(r["drop"], 2), "agreement": round(r["agreement"], 2),
+            "kl_fp32": round(r["kl_fp32"], 5), "calib_s": round(r["calib_seconds"], 2),
+            "calib_peak_mb": r.get("calib_peak_memory_mb", float("nan"))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="fmnist_vit,fmnist_swin")
+    ap.add_argument("--only", choices=["speed"], default=None)
+    ap.add_argument("--out", default=str(ROOT / "experiments" / "benchmark_testbed"))
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job (e.g. data.max_test=500)")
+    args = ap.parse_args()
+    rows = []
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        for section, ov in grid(args.models.split(","), args.only):
+            cfg = compose("config", overrides=ov + ["logger=none", "progress=false"] + args.overrides)
+            t0 = time.time()
+            r = row(section, run(cfg, None))
+            rows.append(r)
+            print(f"{section:8s} {' '.join(ov):95s} top1 {r['top1']:6.2f}  calib {r['calib_s']:6.2f}s  "
+                  f"({time.time() - t0:.0f}s)", flush=True)
+    df = pd.DataFrame(rows)
+    header = (f"# Test-bed benchmark (issue 3)\n\nMachine: {platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. Regenerate: "
+              f"`python experiments/benchmark_testbed.py`. top1/drop/agreement in %, kl_fp32 = mean "
+              f"KL(float || quantized) over the 10,000 test images, calib_s = calibration wall time, "
+              f"calib_peak_mb = resident-memory high-water mark during calibration.\n")
+    parts = [header]
+    titles = {"methods": "Methods x bits x compat mode", "metrics": "Metrics (PTQ4ViT paper mode, W6A6)",
+              "grads": "Hessian gradient sources (PTQ4ViT paper mode, W6A6)",
+              "speed": "Speed target: fmnist_vit PTQ4ViT W6A6, official compat, mse, 32 images (target <= 10 s)"}
+    for section, title in titles.items():
+        part = df[df.section == section]
+        if len(part):
+            parts.append(f"\n## {title}\n\n" + part[COLUMNS].to_markdown(index=False) + "\n")
+    text = "".join(parts)
+    print(text)
+    if args.only is None:
+        Path(args.out + ".md").write_text(text)
+        df.to_csv(args.out + ".csv", index=False)
+        print(f"wrote {args.out}.md and .csv")
+
+
+if __name__ == "__main__":
+    main()
