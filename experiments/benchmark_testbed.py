@@ -63,24 +63,42 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="fmnist_vit,fmnist_swin")
     ap.add_argument("--only", choices=["speed"], default=None)
+    ap.add_argument("--sections", default="methods,metrics,grads,speed",
+                    help="sections to run, in this order (the others are kept from --merge)")
+    ap.add_argument("--merge", default=None, help="a previous CSV whose rows of the sections not run are kept")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "benchmark_testbed"))
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every job (e.g. data.max_test=500)")
     args = ap.parse_args()
-    rows = []
+    rows: list[dict] = []
+    sections = args.sections.split(",")
+    jobs = sorted((j for j in grid(args.models.split(","), args.only) if j[0] in sections or args.only),
+                  key=lambda j: sections.index(j[0]) if j[0] in sections else 0)
+    if args.merge:
+        rows = [r for r in pd.read_csv(args.merge).to_dict("records") if r["section"] not in sections]
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        for section, ov in grid(args.models.split(","), args.only):
+        for section, ov in jobs:
             cfg = compose("config", overrides=ov + ["logger=none", "progress=false"] + args.overrides)
             t0 = time.time()
             r = row(section, run(cfg, None))
             rows.append(r)
             print(f"{section:8s} {' '.join(ov):95s} top1 {r['top1']:6.2f}  calib {r['calib_s']:6.2f}s  "
                   f"({time.time() - t0:.0f}s)", flush=True)
+            if args.only is None:  # rewrite after every job: an interrupted run keeps what it measured
+                write(rows, args.out, cfg.get("device", "auto"))
+    print(Path(args.out + ".md").read_text() if args.only is None else pd.DataFrame(rows)[COLUMNS].to_markdown())
+
+
+def write(rows: list[dict], out: str, device: str) -> None:
+    order = {"methods": 0, "metrics": 1, "grads": 2, "speed": 3}
     df = pd.DataFrame(rows)
-    header = (f"# Test-bed benchmark (issue 3)\n\nMachine: {platform.processor() or platform.machine()}, "
-              f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. Regenerate: "
-              f"`python experiments/benchmark_testbed.py`. top1/drop/agreement in %, kl_fp32 = mean "
-              f"KL(float || quantized) over the 10,000 test images, calib_s = calibration wall time, "
-              f"calib_peak_mb = resident-memory high-water mark during calibration.\n")
+    df = df.iloc[sorted(range(len(df)), key=lambda i: (order.get(df.section.iloc[i], 9), i))]
+    dev = torch.cuda.get_device_name(0) if device != "cpu" and torch.cuda.is_available() else (
+        platform.processor() or platform.machine())
+    header = (f"# Test-bed benchmark (issue 3)\n\nDevice: {dev}, {torch.get_num_threads()} torch threads, torch "
+              f"{torch.__version__}. Regenerate: `python experiments/benchmark_testbed.py [device=cuda]`. "
+              f"top1/drop/agreement in %, kl_fp32 = mean KL(float || quantized) over the 10,000 test images, "
+              f"calib_s = calibration wall time, calib_peak_mb = peak memory during calibration (GPU allocator "
+              f"peak on CUDA, resident high-water mark on CPU).\n")
     parts = [header]
     titles = {"methods": "Methods x bits x compat mode", "metrics": "Metrics (PTQ4ViT paper mode, W6A6)",
               "grads": "Hessian gradient sources (PTQ4ViT paper mode, W6A6)",
@@ -89,13 +107,8 @@ def main() -> None:
         part = df[df.section == section]
         if len(part):
             parts.append(f"\n## {title}\n\n" + part[COLUMNS].to_markdown(index=False) + "\n")
-    text = "".join(parts)
-    print(text)
-    if args.only is None:
-        Path(args.out + ".md").write_text(text)
-        df.to_csv(args.out + ".csv", index=False)
-        print(f"wrote {args.out}.md and .csv")
-
+    Path(out + ".md").write_text("".join(parts))
+    df.to_csv(out + ".csv", index=False)
 
 if __name__ == "__main__":
     main()

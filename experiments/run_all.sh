@@ -3,6 +3,7 @@
 #   experiments/run_all.sh              every grid, its tables, the plots and the metric-fidelity study
 #   experiments/run_all.sh table1 ...   some grids only (then their tables and the plots)
 # Jobs whose results exist are skipped (resume), so an interrupted run continues where it stopped.
+# RUN_ARGS adds overrides to every job, e.g. RUN_ARGS=threads=1 to leave a core free.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -14,7 +15,8 @@ for name in "${SELECTED[@]}"; do
   extra=()
   [ "$name" = table1 ] && extra=(model=fmnist_vit,fmnist_swin)  # table 1 has a row per test-bed model
   echo "== $name"
-  "$PY" run.py "experiment=$name" "${extra[@]}" logger=none progress=false
+  # shellcheck disable=SC2086  # RUN_ARGS is a list of overrides
+  "$PY" run.py "experiment=$name" "${extra[@]}" logger=none progress=false ${RUN_ARGS:-}
   "$PY" -m ptq.report "multirun/$name" --out "experiments/$name" > /dev/null
   echo "   tables in experiments/$name/"
 done

@@ -9,7 +9,8 @@ Layouts (`--layout`, default auto):
   calib.n_images or quantizer.compat); the paper's table 1.
 - ablation: rows = the HG / ST / GT switches (Hessian metric, softmax twin, GELU twin), columns = model × bits.
 - metrics: rows = metric (and the Hessian's gradient source), columns = model × bits.
-auto picks ablation when a twin switch varies, metrics when the metric or the gradient source varies, else main.
+auto picks ablation when a twin switch varies within a method, metrics when the metric or the gradient source
+does, else main.
 Reference numbers (SPEC.md section 6, ptq/reference_results.py) appear in brackets beside ours for paper models.
 """
 from __future__ import annotations
@@ -176,13 +177,19 @@ def _fp32_of(ok: pd.DataFrame, model: str) -> tuple[float, float, int]:
 
 
 def model_order(models) -> list[str]:
-    """Test-bed and other models by name, then paper models in the order of the paper's table."""
+    """Other models (the test-bed) first, ViT before DeiT before Swin, then the paper's models in its order."""
     from ptq.reference_results import TABLE1
 
     paper = list(TABLE1)
-    return sorted(set(models), key=lambda m: (base_model_name(m) in paper,
-                                              paper.index(base_model_name(m)) if base_model_name(m) in paper
-                                              else 0, m))
+
+    def key(m):
+        base = base_model_name(m)
+        if base in paper:
+            return (1, paper.index(base), m)
+        family = 1 if "deit" in base else 2 if "swin" in base else 0 if "vit" in base else 3
+        return (0, family, m)
+
+    return sorted(set(models), key=key)
 
 
 def _bits_key(bits: str) -> tuple:

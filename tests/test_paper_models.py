@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -269,3 +270,71 @@ def test_device_choices_and_float32_on_cuda(monkeypatch):
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
+# -- ImageNet pipeline ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("config", ["vit_b_384", "swin_b_384", "deit_b_384", "swin_t_224", "vit_s_224"])
+def test_eval_transform_from_the_pretrained_config(compose, config):
+    """Resize to px / crop_pct (bicubic), center crop px, the model's mean / std: timm's pretrained data config."""
+    import timm
+    from PIL import Image
+    from torchvision import transforms as T
+
+    from ptq.data.image_folder import eval_transform
+
+    timm_name, px, _ = PAPER_MODELS[config]
+    with torch.device("meta"):  # the transform needs the config, not the weights
+        model = timm.create_model(compose([f"model={config}"]).model.name, pretrained=False)
+    transform, dcfg = eval_transform(model)
+    imagenet_stats = "swin" in config or "deit" in config
+    mean = (0.485, 0.456, 0.406) if imagenet_stats else (0.5, 0.5, 0.5)
+    crop_pct = 1.0 if px == 384 else 0.9
+    assert dcfg == {"input_size": (3, px, px), "interpolation": "bicubic", "mean": pytest.approx(mean),
+                    "std": pytest.approx((0.229, 0.224, 0.225) if imagenet_stats else (0.5, 0.5, 0.5)),
+                    "crop_pct": crop_pct, "crop_mode": "center"}
+    resize = next(t for t in transform.transforms if isinstance(t, T.Resize))
+    assert resize.size == int(px / crop_pct) and resize.interpolation == T.InterpolationMode.BICUBIC
+    x = transform(Image.new("RGB", (500, 375), (255, 0, 0)))
+    assert x.shape == (3, px, px) and x[0].mean().item() == pytest.approx((1 - mean[0]) / dcfg["std"][0], abs=1e-5)
+
+
+def _tiny_vit_cfg(compose, root, *extra):
+    return compose(["data=imagenet", f"data.root={root}", "data.workers=0", "calib.n_images=2",
+                    "model.name=vit_tiny_patch16_224", "model.checkpoint=null", "model.kwargs.embed_dim=48",
+                    "model.kwargs.depth=1", "model.kwargs.num_heads=3", "+model.kwargs.img_size=32", *extra])
+
+
+def test_val_labels_follow_the_train_classes(compose, image_folder):
+    """A val split holding only some classes keeps the train split's label of each class folder."""
+    import shutil
+
+    from ptq.data import build_data
+    from ptq.errors import PTQError
+    from ptq.models import build_model
+
+    shutil.rmtree(image_folder / "val" / "cat")  # train: cat 0, dog 1, fox 2
+    cfg = _tiny_vit_cfg(compose, image_folder)
+    data = build_data(cfg, build_model(cfg.model))
+    assert torch.cat([y for _, y in data.test_batches(3)]).tolist() == [1, 1, 2, 2]
+    (image_folder / "val" / "wolf").mkdir()
+    shutil.copy(next((image_folder / "val" / "dog").iterdir()), image_folder / "val" / "wolf" / "w.JPEG")
+    with pytest.raises(PTQError, match=r"class folders that the train split lacks: wolf"):
+        build_data(cfg, build_model(cfg.model))
+
+
+def test_max_test_spreads_over_the_classes_and_workers_load(compose, image_folder):
+    """data.max_test takes evenly spaced val images (every class, not the first ones); DataLoader workers work."""
+    import pickle
+
+    from ptq.data import build_data
+    from ptq.data.image_folder import image_folder as image_folder_of
+    from ptq.models import build_model
+
+    cfg = _tiny_vit_cfg(compose, image_folder, "data.max_test=3", "data.workers=2")
+    data = build_data(cfg, build_model(cfg.model))
+    batches = list(data.test_batches(2))
+    assert data.num_test == 3 and torch.cat([y for _, y in batches]).tolist() == [0, 1, 2]
+    assert [tuple(x.shape) for x, _ in batches] == [(2, 3, 32, 32), (1, 3, 32, 32)]
+    assert data.info["calib_indices"] == np.random.RandomState(3).permutation(12)[:2].tolist()
+    val = image_folder_of(image_folder, "val", None, {"cat": 0, "dog": 1, "fox": 2})
+    assert pickle.loads(pickle.dumps(val)).targets == val.targets  # workers started by spawn get a copy

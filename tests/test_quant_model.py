@@ -78,8 +78,8 @@ def _g2_scale(grad: str) -> float:
     ops = wrap_model(m, pcfg)
     cal = Calibrator(m, ops, pcfg, x, y, torch.device("cpu"))
     cal.observe()
-    caps = cal.capture_layers(["blocks.3.mlp.fc2", "head"], set())
-    return max(c["g2"].abs().max().item() for c in caps.values())
+    caps = cal.capture_layers(["blocks.0.attn.qkv", "blocks.1.attn.matmul1", "blocks.3.mlp.fc2", "head"], set())
+    return min(c["g2"].abs().max().item() for c in caps.values())  # the weakest layer: every layer must get one
 
 
 def test_gradient_sources():
@@ -87,7 +87,7 @@ def test_gradient_sources():
     scales = {g: _g2_scale(g) for g in ("kl_self", "kl_quant", "pseudo_ce", "label_ce", "fisher")}
     # kl_self at the float model: the true gradient is zero, what remains is round-off (spec section 4)
     assert scales["kl_self"] < 1e-8
-    for g in ("kl_quant", "pseudo_ce", "label_ce", "fisher"):
+    for g in ("kl_quant", "pseudo_ce", "label_ce", "fisher"):  # kl_quant needs the straight-through estimator
         assert scales[g] > 1e3 * max(scales["kl_self"], 1e-20), (g, scales)
 
 

@@ -162,3 +162,10 @@ def test_unreadable_results_is_a_failed_row(tmp_path):
     rep = report.build_report([d])
     assert rows(rep["table"])[0]["PTQ4ViT W8A8"] == "88.00"
     assert len(rep["failed"]) == 1 and "unreadable" in rep["failed"].iloc[0]["error"]
+
+
+def test_model_order():
+    models = ["swin_tiny_patch4_window7_224", "fmnist_swin", "vit_base_patch16_384.augreg_in21k_ft_in1k", "fmnist_vit",
+              "vit_small_patch32_224"]
+    assert report.model_order(models) == ["fmnist_vit", "fmnist_swin", "vit_small_patch32_224",
+                                          "vit_base_patch16_384.augreg_in21k_ft_in1k", "swin_tiny_patch4_window7_224"]

@@ -20,7 +20,7 @@ GRIDS = {
     "ablation": ({"model", "quantizer", "metric", "quantizer.twin_softmax", "quantizer.twin_gelu", "bits"}, 16),
     "metrics": ({"model", "quantizer", "metric", "metric.grad", "bits"}, 50),
     "calib_size": ({"model", "quantizer", "bits", "calib.n_images"}, 8),
-    "seeds": ({"model", "quantizer", "bits", "calib.seed"}, 40),
+    "seeds": ({"model", "quantizer", "bits", "calib.seed"}, 20),
     "compat": ({"model", "quantizer", "quantizer.compat", "bits"}, 8),
 }
 

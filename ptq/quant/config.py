@@ -14,7 +14,7 @@ COMPAT = ("paper", "official")
 GRAD_SOURCES = ("kl_self", "kl_quant", "pseudo_ce", "label_ce", "fisher")
 # Default gradient source of the Hessian metric in paper mode; chosen from the test-bed measurements in
 # experiments/benchmark_testbed.md (see README "Gradient source").
-PAPER_DEFAULT_GRAD = "pseudo_ce"
+PAPER_DEFAULT_GRAD = "fisher"
 MIN_BITS, MAX_BITS = 2, 16
 
 

@@ -89,18 +89,6 @@ class QuantOp(nn.Module):
         """[C?, S, ...output] -> [C?, S, G, T, F] for the groups of `operand`'s quantizer."""
         raise NotImplementedError
 
-    def separable(self, operand: str) -> bool:
-        """True when each scale group of `operand` affects only its own output group (independent argmax)."""
-        return self.quantizer(operand).layout.groups == 1 or operand in ("weight", "a", "b")
-
-    def init_from_capture(self, cap: dict[str, torch.Tensor]) -> None:
-        """Initial (min-max) parameters of every quantizer from the captured operands."""
-        for op, q in self.quantizers().items():
-            q.initialize(self.operand_value(op, cap))
-
-    def operand_value(self, operand: str, cap: dict[str, torch.Tensor]) -> torch.Tensor:
-        return cap[operand]
-
 
 def _apply(q: Quantizer | None, x: torch.Tensor, quantized: bool = True) -> torch.Tensor:
     return q.fake(x, q.param) if (q is not None and quantized and q.initialized) else x
@@ -119,9 +107,6 @@ class QLinear(QuantOp):
         self.weight_quantizer = weight_quantizer
         self.input_quantizer = input_quantizer
 
-    def quantizers(self) -> dict[str, Quantizer]:
-        return {k: v for k, v in (("weight", self.weight_quantizer), ("input", self.input_quantizer)) if v is not None}
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq = self.input_quantizer(x) if self.input_quantizer is not None else x
         out = F.linear(xq, self.weight_quantizer(self.weight), self.bias)
@@ -130,9 +115,6 @@ class QLinear(QuantOp):
 
     def sample_view(self, name: str, t: torch.Tensor) -> torch.Tensor:
         return t.reshape(self.images, -1, t.shape[-1])
-
-    def operand_value(self, operand: str, cap: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.weight if operand == "weight" else cap["input"]
 
     def candidate_outputs(self, operand, params, cap, s, other_quantized=True):
         x = cap["input"][s]
@@ -166,9 +148,6 @@ class QConv2d(QuantOp):
         self.weight_quantizer = weight_quantizer
         self.input_quantizer = input_quantizer
 
-    def quantizers(self) -> dict[str, Quantizer]:
-        return {k: v for k, v in (("weight", self.weight_quantizer), ("input", self.input_quantizer)) if v is not None}
-
     def _conv(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
@@ -180,9 +159,6 @@ class QConv2d(QuantOp):
 
     def sample_view(self, name: str, t: torch.Tensor) -> torch.Tensor:
         return t
-
-    def operand_value(self, operand: str, cap: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.weight if operand == "weight" else cap["input"]
 
     def candidate_outputs(self, operand, params, cap, s, other_quantized=True):
         x = cap["input"][s]
@@ -217,9 +193,6 @@ class QMatMul(QuantOp):
     def __init__(self, a_quantizer: Quantizer | None, b_quantizer: Quantizer | None, heads: int):
         super().__init__()
         self.a_quantizer, self.b_quantizer, self.heads = a_quantizer, b_quantizer, heads
-
-    def quantizers(self) -> dict[str, Quantizer]:
-        return {k: v for k, v in (("a", self.a_quantizer), ("b", self.b_quantizer)) if v is not None}
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         aq = self.a_quantizer(a) if self.a_quantizer is not None else a

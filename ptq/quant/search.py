@@ -6,6 +6,7 @@ split into chunks whose size is bounded by `chunk_mb`, never a Python loop over 
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -14,6 +15,8 @@ import torch
 from ptq.quant.config import PTQConfig
 from ptq.quant.fast_paths import linear_weight_mse_scores
 from ptq.quant.modules import QLinear, QMatMul, QuantOp
+
+log = logging.getLogger("ptq.calib")
 
 
 @dataclass
@@ -96,6 +99,9 @@ def search_op(name: str, op: QuantOp, cap: dict[str, torch.Tensor], metric, pcfg
                 scores = linear_weight_mse_scores(op, params, cap, chunk_mb)
             else:
                 scores = evaluate_candidates(op, operand, params, cap, metric, chunk_mb, other_quantized)
+            if bool((scores == scores[:1]).all()):
+                log.warning("%s %s: every candidate scores the same (%s); the metric cannot choose, keeping the "
+                            "first", name, operand, scores[0, 0].item())
             best, idx = pick(params, scores)
             q.set_param(best)
             top = scores.max(dim=0).values.sum().item()

@@ -118,7 +118,12 @@ class Quantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
-        return self.fake(x, self.param)
+        out = self.fake(x, self.param)
+        if x.requires_grad and torch.is_grad_enabled():
+            # straight-through estimator: round() has zero gradient, so the loss gradient of a quantized model
+            # (metric.grad=kl_quant) would vanish; pass it through unchanged instead
+            return x + (out - x).detach()
+        return out
 
     def export(self) -> dict[str, torch.Tensor]:
         """Every calibrated value worth saving (scales, splits, code ranges); `param` is what `load` restores."""
