@@ -68,7 +68,7 @@ def worker(spec: dict) -> dict:
     size = model.pretrained_cfg["input_size"]
     x = torch.randn(spec["images"], *size, generator=torch.Generator().manual_seed(1))
     y = torch.randint(0, 1000, (spec["images"],), generator=torch.Generator().manual_seed(2))
-    rss_before = _rss_mb("VmRSS")
+    rss_before, load_before = _rss_mb("VmRSS"), os.getloadavg()[0]
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -86,7 +86,8 @@ def worker(spec: dict) -> dict:
         "rss_before_mb": rss_before, "peak_rss_mb": max(_rss_mb("VmHWM"),
                                                         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "batch_size": pcfg.batch_size, "capture_mb": pcfg.capture_mb, "chunk_mb": pcfg.chunk_mb,
-        "threads": torch.get_num_threads(), "torch": torch.__version__}
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "load_avg": round((load_before + os.getloadavg()[0]) / 2, 2)}  # other work on the machine meanwhile
     if device.type == "cuda":
         out.update(gpu_peak_mb=torch.cuda.max_memory_allocated(device) / 2**20,
                    gpu_reserved_mb=torch.cuda.max_memory_reserved(device) / 2**20,
@@ -126,7 +127,7 @@ def extrapolate(a: dict, b: dict | None, n_full: int, rounds_full: int) -> dict:
 
 COLUMNS = ["model", "timm_name", "input", "params_m", "device", "images", "n", "rounds", "calib_s", "init_s",
            "capture_s", "search_s", "per_candidate_step_s", "full_s", "full_kind", "rss_before_mb", "peak_rss_mb",
-           "gpu_peak_mb", "gpu_reserved_mb", "threads", "batch_size", "capture_mb", "chunk_mb", "error"]
+           "gpu_peak_mb", "gpu_reserved_mb", "threads", "load_avg", "batch_size", "capture_mb", "chunk_mb", "error"]
 
 
 def fmt(v) -> str:
@@ -138,7 +139,7 @@ def fmt(v) -> str:
 def markdown(rows: list[dict], title: str, note: str) -> str:
     head = ["model", "input", "params (M)", "device", "images", "n / rounds", "calib s (measured)",
             "capture s", "search s", "per-candidate step s", "full n=100, 3 rounds: s", "RSS before calib MiB",
-            "peak RSS MiB", "peak GPU MiB"]
+            "peak RSS MiB", "peak GPU MiB", "threads / load"]
     lines = [f"# {title}", "", note, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r and r["error"]:
@@ -150,7 +151,7 @@ def markdown(rows: list[dict], title: str, note: str) -> str:
             r["model"], str(r["input"]), fmt(r["params_m"]), r["device"], str(r["images"]),
             f"{r['n']} / {r['rounds']}", fmt(r["calib_s"]), fmt(r["capture_s"]), fmt(r["search_s"]),
             fmt(r.get("per_candidate_step_s", float("nan"))), full, fmt(r["rss_before_mb"]), fmt(r["peak_rss_mb"]),
-            fmt(r.get("gpu_peak_mb"))]) + " |")
+            fmt(r.get("gpu_peak_mb")), f"{r['threads']} / {r['load_avg']}"]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,7 @@
 # score and the negated loss measures how well a metric ranks the candidates (1 = the loss's own ranking).
 # Over the whole grid every metric agrees that tiny scales are bad, so ρ is also given near the optimum
 # (multipliers ≥ `NEAR`, BasePTQ's α), where the choice is made; the regret is the loss at the metric's
-# chosen scale minus the smallest loss over the candidates.
+# chosen scale over the smallest loss among the candidates, in percent above it.
 # The paper's claim, made measurable: MSE and cosine rank scales differently from the task loss; the
 # Hessian-guided metric (with a gradient that is not zero at the float model) follows it.
 #
@@ -109,7 +109,7 @@ def task_loss(op, params):
 
 @torch.no_grad()
 def scores_of(op, params, cap, metric):
-    return evaluate_candidates(op, "weight", params, cap, get_metric(metric), pcfg.chunk_mb,
+    return evaluate_candidates(op, "weight", params, cap, get_metric(metric), pcfg.chunk_mb or 8.0,
                                other_quantized=False).sum(1).cpu().numpy()
 
 
@@ -145,7 +145,7 @@ for name in layers:
 
         rows.append({"layer": name, "metric": metric, "spearman": rho(near), "spearman_all": rho(np.ones_like(near)),
                      "chosen": multipliers[int(np.argmax(s))], "best": multipliers[int(np.argmin(loss))],
-                     "regret": loss[int(np.argmax(s))] - loss.min()})
+                     "regret": 100 * (loss[int(np.argmax(s))] / loss.min() - 1)})
 table = pd.DataFrame(rows)
 table
 
@@ -200,13 +200,13 @@ saved.append(report.save_figure(fig, out_dir / "spearman.png"))
 summary = table.pivot(index="metric", columns="layer", values="spearman").reindex(pivot.index)[layers]
 summary["mean ρ"] = summary.mean(axis=1)
 summary["mean ρ, whole grid"] = table.groupby("metric")["spearman_all"].mean()
-summary["mean regret (KL)"] = table.groupby("metric")["regret"].mean()
+summary["mean regret (%)"] = table.groupby("metric")["regret"].mean()
 summary.round(3).to_csv(out_dir / "spearman.csv")
 (out_dir / "spearman.md").write_text(
     f"Spearman ρ between each metric's score and −KL(float ‖ quantized) over the candidate weight scales with "
     f"multiplier ≥ {NEAR} ({int(near.sum())} of {len(multipliers)}; 'whole grid': all of them), W{BITS}, "
-    f"{len(data.calib_images)} calibration images, {MODEL}, one layer quantized at a time; regret = KL at the "
-    f"metric's choice minus the smallest KL over the grid.\n\n" + summary.round(3).to_markdown() + "\n")
+    f"{len(data.calib_images)} calibration images, {MODEL}, one layer quantized at a time; regret = how much "
+    f"higher (%) the KL at the metric's choice is than the smallest KL over the grid.\n\n" + summary.round(3).to_markdown() + "\n")
 saved += [out_dir / "spearman.csv", out_dir / "spearman.md"]
 print(summary.round(3).to_markdown())
 print("saved:", *[str(p) for p in saved], sep="\n  ")
