@@ -189,9 +189,10 @@ pivot = pivot[layers]
 fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(pivot)), 3.6))
 pivot.plot.bar(ax=ax, width=0.8)
 ax.axhline(0, color="k", lw=0.8)
-ax.set_ylabel(f"Spearman ρ (score, −KL), multipliers ≥ {NEAR}")
+ax.set_ylabel("Spearman ρ (score, −KL)")
 ax.set_ylim(-1.05, 1.05)
-ax.set_title(f"{MODEL}, W{BITS} weight scale of one layer: rank correlation with the task loss")
+ax.set_title(f"{MODEL}, W{BITS} weight scale of one layer (multipliers ≥ {NEAR}): rank correlation with the "
+             "task loss", fontsize=9)
 ax.tick_params(axis="x", labelrotation=30, labelsize=8)
 ax.legend(fontsize=7)
 saved.append(report.save_figure(fig, out_dir / "spearman.png"))

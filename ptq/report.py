@@ -212,6 +212,8 @@ def _setting_key(setting: str) -> tuple:
 
 
 def _setting_text(key: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""  # e.g. the gradient source of a metric that has none
     if key == "n_images":
         return f"n={value}"
     if key == "grad":
@@ -277,7 +279,8 @@ def main_table(df: pd.DataFrame, drop: bool = False) -> Table:
     varying = {}
     for method, group in q.groupby("method"):
         varying[method] = [k for k in SETTING_KEYS if group[k].astype(str).nunique() > 1]
-    q["setting"] = [" ".join(_setting_text(k, r[k]) for k in varying[r["method"]]) for _, r in q.iterrows()]
+    q["setting"] = [" ".join(filter(None, (_setting_text(k, r[k]) for k in varying[r["method"]])))
+                    for _, r in q.iterrows()]
     q["column"] = [" ".join(filter(None, (r["method"], r["bits"], r["setting"]))) for _, r in q.iterrows()]
 
     def ref(e):

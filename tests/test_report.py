@@ -169,3 +169,11 @@ def test_model_order():
               "vit_small_patch32_224"]
     assert report.model_order(models) == ["fmnist_vit", "fmnist_swin", "vit_small_patch32_224",
                                           "vit_base_patch16_384.augreg_in21k_ft_in1k", "swin_tiny_patch4_window7_224"]
+
+
+def test_main_layout_of_a_metrics_sweep_has_no_empty_settings(tmp_path):
+    d = tmp_path / "metrics"
+    write_job(d / "mse", "fmnist_vit", "ptq4vit", 6, 88.0, metric="mse", grad="kl_self")
+    write_job(d / "hes", "fmnist_vit", "ptq4vit", 6, 89.0, metric="hessian", grad="fisher")
+    table = report.main_table(report.load_records([d]))
+    assert list(table.display.columns) == ["model", "FP32", "PTQ4ViT W6A6 hessian", "PTQ4ViT W6A6 mse"]
