@@ -36,7 +36,7 @@ FULL_N, FULL_ROUNDS = 100, 3
 
 
 def _rss_mb(field: str) -> float:
-    """VmHWM (peak) or VmRSS (current) of this process in MiB, from /proc (Linux)."""
+    """A memory field of this process's /proc status (Linux) in MiB, e.g. VmRSS (current resident size)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024.0
@@ -83,8 +83,7 @@ def worker(spec: dict) -> dict:
         "init_s": report.seconds.get("init", 0.0), "capture_s": report.seconds.get("capture", 0.0),
         "search_s": report.seconds.get("search", 0.0), "layers": len(report.layers), "steps": len(steps),
         "candidates": sum(s.n_candidates for s in steps), "capture_passes": report.passes,
-        "rss_before_mb": rss_before, "peak_rss_mb": max(_rss_mb("VmHWM"),
-                                                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "rss_before_mb": rss_before, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "metric": pcfg.metric, "grad": pcfg.grad, "batch_size": pcfg.batch_size, "capture_mb": pcfg.capture_mb, "chunk_mb": pcfg.chunk_mb,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "load_avg": round((load_before + os.getloadavg()[0]) / 2, 2)}  # other work on the machine meanwhile
@@ -123,6 +122,18 @@ def extrapolate(a: dict, b: dict | None, n_full: int, rounds_full: int) -> dict:
     per_round = a["search_s"] / a["rounds"] + (n_full - a["n"]) * step
     return {"per_candidate_step_s": step, "full_s": a["init_s"] + a["capture_s"] + rounds_full * per_round,
             "full_kind": "extrapolated"}
+
+
+def estimate_full(runs: list[dict]) -> None:
+    """Adds the full-setting figures to the runs of one model and device (failed runs are left alone).
+
+    The estimate goes on the smallest-n run, from it and the largest-n run; a run at the full setting is its own
+    measurement; the others get no estimate."""
+    ok = sorted((r for r in runs if "error" not in r), key=lambda r: r["n"])
+    if ok:
+        ok[0].update(extrapolate(ok[0], ok[-1] if len(ok) > 1 else None, FULL_N, FULL_ROUNDS))
+        for r in ok[1:]:
+            r.update(extrapolate(r, None, FULL_N, FULL_ROUNDS))
 
 
 COLUMNS = ["model", "timm_name", "input", "params_m", "device", "images", "n", "rounds", "calib_s", "init_s",
@@ -181,11 +192,7 @@ def benchmark(models: list[str], ns: list[int], rounds: int, images: int, device
                 f"calib {res['calib_s']:.1f}s (init {res['init_s']:.1f}, capture {res['capture_s']:.1f}, search "
                 f"{res['search_s']:.1f}), peak RSS {res['peak_rss_mb']:.0f} MiB"
                 + (f", GPU {res['gpu_peak_mb']:.0f} MiB" if "gpu_peak_mb" in res else "")))
-        ok = sorted((r for r in runs if "error" not in r), key=lambda r: r["n"])
-        if ok:  # the estimate goes on the smallest-n row; a run at the full setting is its own measurement
-            ok[0].update(extrapolate(ok[0], ok[-1] if len(ok) > 1 else None, FULL_N, FULL_ROUNDS))
-            for r in ok[1:]:
-                r.update(extrapolate(r, None, FULL_N, FULL_ROUNDS))
+        estimate_full(runs)
         rows.extend(runs)
         if done is not None:
             done(rows)

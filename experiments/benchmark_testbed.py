@@ -27,6 +27,10 @@ from ptq.app import run  # noqa: E402
 
 COLUMNS = ["model", "quantizer", "bits", "compat", "metric", "grad", "top1", "drop", "agreement", "kl_fp32",
            "calib_s", "calib_peak_mb"]
+# The benchmark's sections, in the order they run and appear in the table, with their headings.
+SECTIONS = {"methods": "Methods x bits x compat mode", "metrics": "Metrics (PTQ4ViT paper mode, W6A6)",
+            "grads": "Hessian gradient sources (PTQ4ViT paper mode, W6A6)",
+            "speed": "Speed target: fmnist_vit PTQ4ViT W6A6, official compat, mse, 32 images (target <= 10 s)"}
 
 
 def grid(models: list[str], only: str | None) -> list[tuple[str, list[str]]]:
@@ -63,7 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="fmnist_vit,fmnist_swin")
     ap.add_argument("--only", choices=["speed"], default=None)
-    ap.add_argument("--sections", default="methods,metrics,grads,speed",
+    ap.add_argument("--sections", default=",".join(SECTIONS),
                     help="sections to run, in this order (the others are kept from --merge)")
     ap.add_argument("--merge", default=None, help="a previous CSV whose rows of the sections not run are kept")
     ap.add_argument("--out", default=str(ROOT / "experiments" / "benchmark_testbed"))
@@ -89,7 +93,7 @@ def main() -> None:
 
 
 def write(rows: list[dict], out: str, device: str) -> None:
-    order = {"methods": 0, "metrics": 1, "grads": 2, "speed": 3}
+    order = {section: i for i, section in enumerate(SECTIONS)}
     df = pd.DataFrame(rows)
     df = df.iloc[sorted(range(len(df)), key=lambda i: (order.get(df.section.iloc[i], 9), i))]
     dev = torch.cuda.get_device_name(0) if device != "cpu" and torch.cuda.is_available() else (
@@ -100,15 +104,13 @@ def write(rows: list[dict], out: str, device: str) -> None:
               f"calib_s = calibration wall time, calib_peak_mb = peak memory during calibration (GPU allocator "
               f"peak on CUDA, resident high-water mark on CPU).\n")
     parts = [header]
-    titles = {"methods": "Methods x bits x compat mode", "metrics": "Metrics (PTQ4ViT paper mode, W6A6)",
-              "grads": "Hessian gradient sources (PTQ4ViT paper mode, W6A6)",
-              "speed": "Speed target: fmnist_vit PTQ4ViT W6A6, official compat, mse, 32 images (target <= 10 s)"}
-    for section, title in titles.items():
+    for section, title in SECTIONS.items():
         part = df[df.section == section]
         if len(part):
             parts.append(f"\n## {title}\n\n" + part[COLUMNS].to_markdown(index=False) + "\n")
     Path(out + ".md").write_text("".join(parts))
     df.to_csv(out + ".csv", index=False)
+
 
 if __name__ == "__main__":
     main()

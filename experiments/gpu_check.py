@@ -54,12 +54,8 @@ def main() -> None:
         """n=2 and n=6, 1 round; returns the extrapolated full-setting seconds (nan on failure)."""
         a = job(model, device, 2, 1, threads, cap=left() / 2)
         b = job(model, device, 6, 1, threads, cap=left() / 2) if "error" not in a else {"error": "skipped"}
-        if "error" in a:
-            return float("nan")
-        a.update(bench.extrapolate(a, b if "error" not in b else None, *FULL))
-        if "error" not in b:
-            b.update(bench.extrapolate(b, None, *FULL))
-        return a["full_s"]
+        bench.estimate_full([a, b])
+        return a.get("full_s", float("nan"))
 
     import torch
 
@@ -70,9 +66,7 @@ def main() -> None:
         for model, reserve in (("vit_s_224", cpu_reserve + 60), ("vit_b_384", cpu_reserve)):
             est = pair(model, "cuda")
             if est == est and est * 1.25 + 20 < left() - reserve:
-                r = job(model, "cuda", *FULL, cap=left() - reserve)
-                if "error" not in r:
-                    r.update(bench.extrapolate(r, None, *FULL))
+                bench.estimate_full([job(model, "cuda", *FULL, cap=left() - reserve)])
             else:
                 log(f"{model} cuda: full setting not run (estimate {est:.0f}s, {left():.0f}s left)")
     else:
@@ -80,9 +74,7 @@ def main() -> None:
     threads = os.cpu_count()
     est = pair("vit_s_224", "cpu", threads)
     if est == est and est < args.cpu_full_max and est * 1.25 + 20 < left():
-        r = job("vit_s_224", "cpu", *FULL, threads, cap=left())
-        if "error" not in r:
-            r.update(bench.extrapolate(r, None, *FULL))
+        bench.estimate_full([job("vit_s_224", "cpu", *FULL, threads, cap=left())])
     else:
         log(f"CPU full setting not run: estimate {est:.0f}s (limit {args.cpu_full_max:.0f}s), {left():.0f}s left")
 

@@ -100,10 +100,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
 
     out = Path(output_dir) if output_dir is not None else None
     pcfg = resolve_ptq_config(cfg)  # validates quantizer / metric / bits before any work
-    from ptq.loggers import LOGGERS
+    from ptq.loggers import logger_name
 
-    if cfg.get("logger", {}).get("name", "none") not in LOGGERS:
-        raise PTQError(f"unknown logger.name={cfg.logger.name}; valid: {', '.join(LOGGERS)}")
+    logger_name(cfg)  # validates the logger before any work
     device = resolve_device(cfg.get("device", "auto"))
     seed_everything(int(cfg.seed))
     progress = bool(cfg.get("progress", True))

@@ -78,6 +78,14 @@ class FakeWandb(types.ModuleType):
         return self.run
 
 
+def test_unknown_logger_fails_before_any_work(compose, tmp_path):
+    from ptq.errors import PTQError
+
+    with pytest.raises(PTQError, match=r"unknown logger.name=bogus; valid: none, wandb"):
+        run(compose(QUICK + ["logger.name=bogus"]), tmp_path)
+    assert not (tmp_path / RESULTS_FILE).exists()
+
+
 def test_wandb_logger_arguments(compose, tmp_path, monkeypatch):
     from ptq.loggers.wandb_logger import log_to_wandb
 

@@ -47,3 +47,11 @@ def test_markdown_lists_failed_jobs(bench):
     text = bench.markdown([ok, bad], "T", "note")
     assert "| 27.00 (7) |" in text and "1248 (extrapolated)" in text
     assert "exit 1: boom" in text
+
+
+def test_estimate_full_puts_the_estimate_on_the_smallest_run(bench):
+    small, large, failed = _run(2, 14.0), _run(6, 30.0), {"model": "m", "n": 4, "error": "timed out"}
+    bench.estimate_full([large, failed, small])
+    assert (small["full_s"], small["full_kind"]) == (pytest.approx(1248.0), "extrapolated")
+    assert math.isnan(large["full_s"]) and large["full_kind"] == "-"
+    assert "full_s" not in failed
