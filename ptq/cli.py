@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import sys
 import traceback
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ptq.errors import PTQError
+from ptq.run_dir import remove_created
 
 log = logging.getLogger("ptq")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -145,19 +145,13 @@ def apply_threads(cfg: DictConfig) -> None:
         os.environ[var] = str(n)
 
 
-def _remove_run_folder(out: Path) -> None:
-    """Remove a failed single run's folder, and the folders above it that it leaves empty (e.g.
-    outputs/runs/<model>/<method>/), up to the folder the command was started in."""
-    logging.shutdown()
-    shutil.rmtree(out, ignore_errors=True)
-    top = Path.cwd().resolve()
-    for parent in out.resolve().parents:
-        if parent == top or top not in parent.parents:
-            break
-        try:
-            parent.rmdir()  # only when empty
-        except OSError:
-            break
+def _after_failure(out: Path | None) -> str:
+    """Remove what the failed single run created (never a folder that existed before it); returns a note on
+    where its log is when the run folder is kept."""
+    if out is None or remove_created(out) is not None:
+        return ""
+    log_file = out / "run.log"
+    return f" (run folder {out} existed before and is kept; log: {log_file})" if log_file.exists() else ""
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -178,12 +172,11 @@ def run_job(cfg: DictConfig) -> float | None:
             record_failure(cfg, out, e)
             log.error("job failed: %s", e)
             return None
-        if out is not None and out.is_dir() and not (out / "results.json").exists():
-            _remove_run_folder(out)
+        where = _after_failure(out)
         if isinstance(e, PTQError):
-            fail(str(e))
+            fail(f"{e}{where}")
         traceback.print_exc()
-        fail(f"{type(e).__name__}: {e}", code=1)
+        fail(f"{type(e).__name__}: {e}{where}", code=1)
     print(summary_table(results))
     if out is not None:
         print(f"  results      {out / 'results.json'}")

@@ -122,3 +122,52 @@ def test_bad_input(tmp_path, monkeypatch, capsys, case):
     code, _, err = run_in_process([*base, *args, f"hydra.run.dir={out}"], monkeypatch, capsys)
     assert_one_line_error(code, err, *expected)
     assert not out.exists() and not list(tmp_path.rglob("results.json"))
+
+
+# -- a failed run removes only what it created (never a folder that existed before it) ---------------------------
+@pytest.mark.parametrize("where", ["own_folder", "outputs_like", "nested_new"])
+def test_failed_run_keeps_preexisting_folders(tmp_path, monkeypatch, capsys, where):
+    """`hydra.run.dir` pointing at a folder with user files: the error is reported, every file stays; a new
+    nested folder is removed up to the topmost folder the run created, and its existing parent stays."""
+    precious = tmp_path / "precious"
+    (precious / "earlier_run").mkdir(parents=True)
+    (precious / "notes.txt").write_text("x")
+    (precious / "earlier_run" / "results.json").write_text("{}")
+    run_dir = {"own_folder": precious, "outputs_like": precious / "earlier_run",
+               "nested_new": precious / "new" / "deeper"}[where]
+    code, _, err = run_in_process([*FAST, "bits.w=1", "quantizer=ptq4vit", f"hydra.run.dir={run_dir}"],
+                                  monkeypatch, capsys)
+    assert_one_line_error(code, err, "bits.w=1")
+    assert (precious / "notes.txt").read_text() == "x"
+    assert (precious / "earlier_run" / "results.json").read_text() == "{}"
+    if where == "nested_new":
+        assert not (precious / "new").exists()
+        assert "existed before" not in err
+    else:
+        assert run_dir.is_dir() and f"log: {run_dir / 'run.log'}" in err
+
+
+def test_failed_run_in_empty_existing_folder_keeps_it(tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_in_process([*FAST, "bits.w=1", "quantizer=ptq4vit", f"hydra.run.dir={empty}"], monkeypatch,
+                                  capsys)
+    assert_one_line_error(code, err, "bits.w=1")
+    assert empty.is_dir()
+
+
+@pytest.mark.slow
+def test_run_py_subprocess_failure_in_checkout_keeps_it(tmp_path):
+    """`hydra.run.dir=.` (the folder the command runs in) once removed the whole checkout: a copy of run.py in a
+    scratch folder stands for it."""
+    import shutil
+
+    work = tmp_path / "checkout"
+    work.mkdir()
+    shutil.copy(ROOT / "run.py", work / "run.py")
+    shutil.copytree(ROOT / "conf", work / "conf")
+    (work / "keep.txt").write_text("x")
+    proc = subprocess.run([sys.executable, "run.py", "bits.w=1", "hydra.run.dir=.", "logger=none"], cwd=work,
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert_one_line_error(proc.returncode, proc.stderr, "bits.w=1", "existed before")
+    assert (work / "keep.txt").read_text() == "x" and (work / "run.py").is_file() and (work / "conf").is_dir()
