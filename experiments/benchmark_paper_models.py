@@ -80,7 +80,7 @@ def worker(spec: dict) -> dict:
     steps = [s for layer in report.layers for s in layer.steps]
     out = {**spec, "timm_name": cfg.model.name, "input": size[1], "params_m": round(sum(
         p.numel() for p in model.parameters()) / 1e6, 1), "calib_s": seconds,
-        "init_s": report.seconds.get("init", 0.0), "capture_s": report.seconds.get("capture", 0.0),
+        "init_s": report.seconds.get("stage_init_minmax", 0.0), "capture_s": report.seconds.get("capture", 0.0),
         "search_s": report.seconds.get("search", 0.0), "layers": len(report.layers), "steps": len(steps),
         "candidates": sum(s.n_candidates for s in steps), "capture_passes": report.passes,
         "rss_before_mb": rss_before, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

@@ -136,6 +136,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         if out is not None:
             from ptq.quant import save_quant_params
 
+            out.mkdir(parents=True, exist_ok=True)
             save_quant_params(model, out / PARAMS_FILE, {"config": json.dumps(resolved_config(cfg), default=str)})
             results["params_file"] = PARAMS_FILE
     results.update({

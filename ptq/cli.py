@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+import ptq.schema  # noqa: F401  (registers the typed config schema before Hydra composes)
 from ptq.errors import PTQError
 from ptq.run_dir import remove_created
 

@@ -86,3 +86,14 @@ def bad_checkpoint(folder: Path, model, case: str) -> Path:
     else:
         raise ValueError(case)
     return path
+
+
+def ptq_config(*overrides: str, search=None):
+    """A resolved PTQConfig of the default method with `overrides` (and, given, a replaced SearchConfig)."""
+    import dataclasses
+
+    from ptq.cli import compose_config
+    from ptq.quant.config import resolve_ptq_config
+
+    pcfg = resolve_ptq_config(compose_config(list(overrides)))
+    return dataclasses.replace(pcfg, search=search) if search is not None else pcfg

@@ -48,7 +48,7 @@ SPEC_TABLE1 = ("vit_small_patch32_224", "vit_small_patch16_224", "vit_base_patch
                "deit_small_patch16_224", "deit_base_patch16_224", "deit_base_patch16_384",
                "swin_tiny_patch4_window7_224", "swin_small_patch4_window7_224", "swin_base_patch4_window7_224",
                "swin_base_patch4_window12_384")
-QUICK_SEARCH = ["quantizer.search.n=2", "quantizer.search.rounds=1", "quantizer.search.softmax_m_max=3",
+QUICK_SEARCH = ["quantizer.search.n=2", "quantizer.search.rounds=1", "+quantizer.slots.softmax.options.m_max=3",
                 "calib.n_images=2", "calib.batch_size=2"]
 QUANTIZERS = ("ptq4vit", "base_ptq")
 

@@ -5,7 +5,9 @@ import torch
 from torch import nn
 
 from ptq.metrics import METRICS
-from ptq.quant.config import PTQConfig, SearchConfig
+from conftest import ptq_config
+
+from ptq.quant.config import SearchConfig
 from ptq.quant.fast_paths import linear_weight_mse_scores
 from ptq.quant.modules import QLinear, QMatMul
 from ptq.quant.search import evaluate_candidates, search_op
@@ -52,7 +54,7 @@ def test_search_equals_brute_force_argmax_per_block():
         brute = _brute_force_weight(op, cap, params, METRICS[name])
         batched = evaluate_candidates(op, "weight", params, cap, METRICS[name], chunk_mb=0.001)  # many chunks
         assert torch.allclose(batched.float(), brute, rtol=1e-4, atol=1e-6)
-    pcfg = PTQConfig(metric="mse", search=search, chunk_mb=0.01)
+    pcfg = ptq_config("metric=mse", "calib.chunk_mb=0.01", search=search)
     op.input_quantizer = None
     op.operands = ("weight",)
     brute = _brute_force_weight(op, cap, params, METRICS["mse"])
@@ -64,7 +66,7 @@ def test_search_equals_brute_force_argmax_per_block():
 
 def test_mse_fast_path_matches_direct():
     op, cap = _linear_op()
-    params = op.weight_quantizer.candidates(SearchConfig(alpha=0.1, beta=1.2, n=30))
+    params = op.weight_quantizer.candidates(SearchConfig(alpha=0.1, beta=1.2, n=30, include_beta=True))
     direct = evaluate_candidates(op, "weight", params, cap, METRICS["mse"], chunk_mb=1)
     fast = linear_weight_mse_scores(op, params, cap, chunk_mb=1)
     assert torch.allclose(direct, fast, rtol=1e-4, atol=1e-7)
@@ -81,7 +83,8 @@ def test_per_head_scales_differ_when_heads_differ():
     cap = {"a": a, "b": b, "out": a @ b}
     op.a_quantizer.initialize(a)
     op.b_quantizer.initialize(b)
-    search_op("mm", op, cap, METRICS["mse"], PTQConfig(metric="mse", search=SearchConfig(alpha=0.3, n=20, rounds=2)))
+    search = SearchConfig(alpha=0.3, n=20, rounds=2, include_beta=True)
+    search_op("mm", op, cap, METRICS["mse"], ptq_config("metric=mse", search=search))
     s = op.a_quantizer.param
     assert s[0] < s[1] < s[2] and (s[2] / s[0]) > 20
 

@@ -17,7 +17,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 # Experiment -> (swept keys, number of jobs on one model).
 GRIDS = {
     "table1": ({"model", "quantizer", "bits"}, 6),
-    "ablation": ({"model", "quantizer", "metric", "quantizer.twin_softmax", "quantizer.twin_gelu", "bits"}, 16),
+    "ablation": ({"model", "quantizer", "metric", "quantizer.slots.softmax.enabled",
+                  "quantizer.slots.gelu.enabled", "bits"}, 16),
     "metrics": ({"model", "quantizer", "metric", "metric.grad", "bits"}, 50),
     "calib_size": ({"model", "quantizer", "bits", "calib.n_images"}, 8),
     "seeds": ({"model", "quantizer", "bits", "calib.seed"}, 20),
@@ -63,11 +64,12 @@ def test_experiment_composes(name):
 
 def test_ablation_switches_reach_the_method():
     base = ["experiment=ablation", "quantizer=ptq4vit"]
-    off = resolve_ptq_config(compose_config(base + ["metric=cosine", "quantizer.twin_softmax=false",
-                                                    "quantizer.twin_gelu=false"]))
+    off = resolve_ptq_config(compose_config(base + ["metric=cosine", "quantizer.slots.softmax.enabled=false",
+                                                    "quantizer.slots.gelu.enabled=false"]))
     on = resolve_ptq_config(compose_config(base + ["metric=hessian"]))
-    assert (off.metric, off.softmax_quantizer, off.gelu_quantizer) == ("cosine", "uniform", "uniform")
-    assert (on.metric, on.softmax_quantizer, on.gelu_quantizer) == ("hessian", "twin_softmax", "twin_gelu")
+    assert (off.metric, off.slots["softmax"].quantizer, off.slots["gelu"].quantizer) == ("cosine", "uniform", "uniform")
+    assert (on.metric, on.slots["softmax"].quantizer, on.slots["gelu"].quantizer) == (
+        "hessian", "twin_softmax", "twin_gelu")
     assert (off.search.alpha, off.search.rounds) == (0.01, 3)  # still the PTQ4ViT preset
 
 

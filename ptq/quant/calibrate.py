@@ -1,33 +1,27 @@
-"""`quantize_model`: wrap a float timm model, calibrate every quantizer on the calibration batch, enable them.
+"""`quantize_model`: wrap a float timm model, run the method's recipe on the calibration batch, enable the
+quantizers.
 
-Pipeline (spec section 5):
-1. wrap the model (ptq.quant.wrap) and initialize every quantizer with min-max parameters (one float pass);
-2. capture, per group of layers bounded by `capture_mb`, each layer's float operands, float output and, for the
-   Hessian metric, the squared loss gradient at its output -- once, reused by every round;
-   parallel mode: every layer sees float inputs; sequential mode: a layer sees the outputs of the already
-   quantized layers before it (one capture per layer);
-3. search each layer (ptq.quant.search) in module order, with a log line per layer;
-4. enable all quantizers.
+The recipe (`quantizer.recipe`, stages in ptq/quant/recipe.py) of BasePTQ and PTQ4ViT (spec section 5):
+1. `init_minmax`: initialize every quantizer with min-max parameters (one float pass);
+2. `search`: capture, per group of layers bounded by `capture_mb`, each layer's float operands, float output and,
+   for the Hessian metric, the squared loss gradient at its output -- once, reused by every round; parallel mode:
+   every layer sees float inputs; sequential mode: a layer sees the outputs of the already quantized layers before
+   it (one capture per layer); then search each layer (ptq.quant.search) in module order, a log line per layer;
+then every quantizer is enabled (finalize).
 """
 from __future__ import annotations
 
-import dataclasses
-import logging
-import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from ptq.metrics import NEEDS_GRAD, get_metric
+from ptq.metrics import NEEDS_GRAD
 from ptq.quant.config import PTQConfig
 from ptq.quant.gradients import backward_losses
 from ptq.quant.modules import QuantOp
-from ptq.quant.search import OpResult, search_op
-from ptq.quant.wrap import quant_ops, set_quant_enabled, wrap_model
-
-log = logging.getLogger("ptq.calib")
+from ptq.quant.search import OpResult
+from ptq.quant.wrap import quant_ops, wrap_model
 
 
 @dataclass
@@ -35,11 +29,27 @@ class CalibReport:
     layers: list[OpResult] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     passes: int = 0
+    stages: list[str] = field(default_factory=list)
+
+    def records(self) -> list[dict]:
+        """One row per searched operand (its last round): layer, operand, quantizer, chosen parameter (compact),
+        score, the layer's search seconds; what W&B shows as the calibration table."""
+        rows = []
+        for layer in self.layers:
+            last = {s.operand: s for s in layer.steps}
+            for s in last.values():
+                p = s.param
+                param = [round(v, 6) for v in p] if len(p) <= 4 else {
+                    "min": round(min(p), 6), "mean": round(sum(p) / len(p), 6), "max": round(max(p), 6), "n": len(p)}
+                rows.append({"layer": layer.name, "operand": s.operand, "quantizer": s.quantizer, "param": param,
+                             "score": s.score, "candidates": s.n_candidates, "seconds": round(layer.seconds, 3)})
+        return rows
 
     def summary(self) -> dict:
-        return {"layers": len(self.layers), "capture_passes": self.passes,
+        return {"layers": len(self.layers), "capture_passes": self.passes, "stages": self.stages,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-                "search_seconds_per_layer": {r.name: round(r.seconds, 3) for r in self.layers}}
+                "search_seconds_per_layer": {r.name: round(r.seconds, 3) for r in self.layers},
+                "records": self.records()}
 
 
 class Calibrator:
@@ -132,71 +142,6 @@ class Calibrator:
         return sizes
 
 
-def _capture_groups(names: list[str], sizes: dict[str, int], n_images: int, budget_mb: float) -> list[list[str]]:
-    groups, cur, cur_bytes = [], [], 0
-    for n in names:
-        b = sizes[n] * n_images
-        if cur and cur_bytes + b > budget_mb * 2**20:
-            groups.append(cur)
-            cur, cur_bytes = [], 0
-        cur.append(n)
-        cur_bytes += b
-    return groups + ([cur] if cur else [])
-
-
-def _describe(op: QuantOp) -> str:
-    parts = []
-    for operand, q in op.quantizers().items():
-        p = q.param
-        v = f"{p.item():.4g}" if p.numel() == 1 else f"[{p.min().item():.3g}..{p.max().item():.3g}]x{p.numel()}"
-        parts.append(f"{operand}:{q.kind}={v}")
-    return " ".join(parts)
-
-
-def calibrate(model: nn.Module, ops: dict[str, QuantOp], pcfg: PTQConfig, x: torch.Tensor, y: torch.Tensor,
-              device: torch.device, progress: bool = True) -> CalibReport:
-    report = CalibReport()
-    metric = get_metric(pcfg.metric)
-    if pcfg.chunk_mb is None:  # cache-sized chunks on CPU; few, large kernels on GPU
-        pcfg = dataclasses.replace(pcfg, chunk_mb=1024.0 if device.type == "cuda" else 8.0)
-    t0 = time.time()
-    cal = Calibrator(model, ops, pcfg, x, y, device)
-    cal.observe()
-    report.seconds["init"] = time.time() - t0
-    names = list(ops)
-    done: set[str] = set()
-    bar = tqdm(total=len(names), desc=f"calibrate {pcfg.name} W{pcfg.w_bits}A{pcfg.a_bits}", unit="layer",
-               disable=not progress, leave=False)
-    t_capture = t_search = 0.0
-    if pcfg.mode == "parallel":
-        groups = _capture_groups(names, cal.bytes_per_image(), len(cal.x), pcfg.capture_mb)
-    else:
-        groups = [[n] for n in names]
-    for group in groups:
-        t1 = time.time()
-        caps = cal.capture_layers(group, done if pcfg.mode == "sequential" else set())
-        t_capture += time.time() - t1
-        for n in group:
-            t1 = time.time()
-            op, cap = ops[n], caps.pop(n)
-            if pcfg.mode == "sequential":  # the inputs changed with the quantized layers before: re-initialize
-                for operand, q in op.quantizers().items():
-                    if operand != "weight":
-                        q.initialize(cap[operand])
-            res = search_op(n, op, cap, metric, pcfg)
-            del cap
-            report.layers.append(res)
-            done.add(n)
-            t_search += time.time() - t1
-            log.info("[%d/%d] %s  %s  (%.2fs)", len(done), len(names), n, _describe(op), res.seconds)
-            bar.update(1)
-    bar.close()
-    set_quant_enabled(model, True)
-    report.passes = cal.passes
-    report.seconds.update(capture=t_capture, search=t_search, total=time.time() - t0)
-    return report
-
-
 def quantize_model(model: nn.Module, pcfg: PTQConfig, calib_x: torch.Tensor, calib_y: torch.Tensor,
                    device: torch.device | str = "cpu", progress: bool = True) -> CalibReport:
     """Quantize `model` in place with the method `pcfg`, calibrated on (calib_x, calib_y); returns a report.
@@ -212,7 +157,9 @@ def quantize_model(model: nn.Module, pcfg: PTQConfig, calib_x: torch.Tensor, cal
 
         load_quant_params(model, pcfg.load)
         return CalibReport(seconds={"total": 0.0})
-    return calibrate(model, ops, pcfg, calib_x, calib_y, device, progress)
+    from ptq.quant.recipe import run_recipe
+
+    return run_recipe(model, ops, pcfg, calib_x, calib_y, device, progress)
 
 
-__all__ = ["quantize_model", "calibrate", "CalibReport", "quant_ops"]
+__all__ = ["quantize_model", "CalibReport", "Calibrator", "quant_ops"]

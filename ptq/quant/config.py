@@ -1,82 +1,60 @@
 """`PTQConfig`: the fully resolved description of one quantization method (torchao style: a config object per
-method, applied by `quantize_model`). Built from the Hydra `quantizer`, `metric`, `bits` and `calib` groups;
-every `null` there is resolved here from `compat` (paper | official), so results record concrete values.
+method, applied by `quantize_model`).
+
+Built from the typed `quantizer`, `metric`, `bits` and `calib` groups (ptq/schema.py holds every key and its
+default, once); every `null` there is resolved here from `compat` (paper | official), so results record concrete
+values. Slots are resolved against the quantizer registry: the quantizer's name, the granularities the slot's
+role allows, bits, the form and search partner (null: from compat and what the quantizer declares) and the
+quantizer's own options (checked against the options it declares).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ptq.errors import PTQError, choices
+from ptq.quant.slots import GRANULARITIES, SLOTS, SlotSpec, effective_slot
+from ptq.schema import SearchConfig
 
 COMPAT = ("paper", "official")
+PARTNERS = ("quantized", "float")
 GRAD_SOURCES = ("kl_self", "kl_quant", "pseudo_ce", "label_ce", "fisher")
+MODES = ("parallel", "sequential")
 # Default gradient source of the Hessian metric in paper mode; chosen from the test-bed measurements in
-# experiments/benchmark_testbed.md (see README "Gradient source").
-PAPER_DEFAULT_GRAD = "fisher"
+# experiments/benchmark_testbed.md (see README "Gradient source"). Official mode: the reference's kl_self.
+GRAD_BY_COMPAT = {"paper": "fisher", "official": "kl_self"}
+INCLUDE_BETA_BY_COMPAT = {"paper": True, "official": False}
 MIN_BITS, MAX_BITS = 2, 16
 
 
 @dataclass
-class SearchConfig:
-    alpha: float = 0.01
-    beta: float = 1.2
-    n: int = 100
-    rounds: int = 3
-    include_beta: bool = True
-    softmax_m_max: int = 19
-    split_v: str = "quantized"  # quantized | float
-
-    def grid(self) -> list[float]:
-        """Candidate multipliers of the initial scale: alpha + i (beta - alpha) / n."""
-        last = self.n + 1 if self.include_beta else self.n
-        return [self.alpha + i * (self.beta - self.alpha) / self.n for i in range(last)]
-
-
-@dataclass
 class PTQConfig:
-    name: str = "ptq4vit"
-    enabled: bool = True
-    compat: str = "paper"
-    w_bits: int = 8
-    a_bits: int = 8
-    weight_quantizer: str = "uniform"
-    act_quantizer: str = "uniform"
-    softmax_quantizer: str = "twin_softmax"   # the post-softmax operand of attn @ v
-    gelu_quantizer: str = "twin_gelu"         # the post-GELU input of fc2
-    softmax_form: str = "paper"               # paper | official (twin softmax)
-    gelu_form: str = "paper"                  # paper | official (twin GELU)
-    weight_granularity: str = "tensor"        # tensor | channel (linears)
-    qkv_granularity: str = "block"            # block | tensor | channel
-    conv_granularity: str = "channel"         # tensor | channel (patch embedding)
-    quant_input_image: bool = False
-    metric: str = "hessian"
-    grad: str = "pseudo_ce"
-    fisher_draws: int = 4
-    mode: str = "parallel"                    # parallel | sequential
-    n_images: int = 32
-    batch_size: int = 8
-    chunk_mb: float | None = None             # None: by device (8 MB on CPU, 1 GB on CUDA)
-    capture_mb: float = 4096.0
-    fast_paths: bool = True                   # exact algebraic shortcuts (ptq/quant/fast_paths.py)
-    seed: int = 3
-    search: SearchConfig = field(default_factory=SearchConfig)
-    load: str | None = None
-    extra: dict = field(default_factory=dict)  # method-specific keys a user's quantizer YAML adds
+    """A resolved method. No defaults here: every value comes from the composed config (`resolve_ptq_config`)."""
+
+    name: str
+    enabled: bool
+    compat: str
+    w_bits: int
+    a_bits: int
+    recipe: list[str]
+    slots: dict[str, SlotSpec]       # every slot of ptq/quant/slots.py, resolved to the spec its operands use
+    metric: str
+    grad: str
+    fisher_draws: int
+    mode: str
+    n_images: int
+    batch_size: int
+    chunk_mb: float | None
+    capture_mb: float
+    fast_paths: bool
+    seed: int
+    search: SearchConfig
+    load: str | None
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-KNOWN_QUANTIZER_KEYS = {"name", "enabled", "compat", "twin_softmax", "twin_gelu", "weight_quantizer",
-                        "act_quantizer", "softmax_quantizer", "gelu_quantizer", "weight_granularity",
-                        "qkv_granularity", "conv_granularity", "quant_input_image", "softmax_form", "gelu_form",
-                        "search", "load"}
-
-
-def _pick(value, paper, official, compat):
-    return value if value is not None else (paper if compat == "paper" else official)
 
 
 def _check(name: str, value, valid) -> None:
@@ -84,59 +62,68 @@ def _check(name: str, value, valid) -> None:
         raise PTQError(f"unknown {name}={value}; valid: {choices(valid)}")
 
 
+def _bits(key: str, v) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not MIN_BITS <= v <= MAX_BITS:
+        raise PTQError(f"impossible bit width {key}={v}; valid: integers {MIN_BITS}..{MAX_BITS}")
+    return v
+
+
+def resolve_slots(slots: DictConfig, compat: str, w_bits: int, a_bits: int) -> dict[str, SlotSpec]:
+    """Every slot's spec after fallback to parents, each setting validated (PTQError naming the key)."""
+    from ptq.quantizers import QUANTIZERS
+
+    own: dict[str, SlotSpec] = {}
+    for name, kind in SLOTS.items():
+        s, key = slots[name], f"quantizer.slots.{name}"
+        if kind.parent is None and not s.enabled:
+            raise PTQError(f"{key}.enabled=false is impossible for a root slot (it has no parent to fall back "
+                           f"to); valid: true, or {key}.quantizer=null to leave the operand float")
+        if s.quantizer is not None:
+            _check(f"{key}.quantizer", s.quantizer, QUANTIZERS)
+        _check(f"{key}.granularity", s.granularity, GRANULARITIES[kind.role])
+        bits = _bits(f"{key}.bits", s.bits) if s.bits is not None else (w_bits if kind.weight else a_bits)
+        form = s.form if s.form is not None else compat
+        _check(f"{key}.form", form, COMPAT)
+        cls = QUANTIZERS.get(s.quantizer)
+        partner = s.partner if s.partner is not None else (cls.PARTNER[compat] if cls else "quantized")
+        _check(f"{key}.partner", partner, PARTNERS)
+        options = OmegaConf.to_container(s.options, resolve=True)
+        if cls is not None:
+            unknown = sorted(set(options) - set(cls.OPTIONS))
+            if unknown:
+                raise PTQError(f"unknown option {key}.options.{unknown[0]} of quantizer {s.quantizer}; valid: "
+                               f"{choices(cls.OPTIONS) or '(none)'}")
+        own[name] = SlotSpec(name, s.quantizer, s.granularity, bits, form, partner, options)
+    enabled = {name: bool(slots[name].enabled) for name in SLOTS}
+    return {name: own[effective_slot(name, enabled)] for name in SLOTS}
+
+
 def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
     """Validate and resolve the method described by `cfg` (raises PTQError naming the bad value)."""
     from ptq.metrics import METRICS
-    from ptq.quantizers import QUANTIZERS
+    from ptq.quant.recipe import STAGES
 
     q, m, b, c = cfg.quantizer, cfg.metric, cfg.bits, cfg.calib
-    compat = q.get("compat", "paper")
-    _check("quantizer.compat", compat, COMPAT)
-    for key, v in (("bits.w", b.w), ("bits.a", b.a)):
-        if not isinstance(v, int) or isinstance(v, bool) or not MIN_BITS <= v <= MAX_BITS:
-            raise PTQError(f"impossible bit width {key}={v}; valid: integers {MIN_BITS}..{MAX_BITS}")
+    _check("quantizer.compat", q.compat, COMPAT)
+    w_bits, a_bits = _bits("bits.w", b.w), _bits("bits.a", b.a)
     _check("metric", m.name, METRICS)
-    grad = _pick(m.get("grad"), PAPER_DEFAULT_GRAD, "kl_self", compat)
+    grad = m.grad if m.grad is not None else GRAD_BY_COMPAT[q.compat]
     _check("metric.grad", grad, GRAD_SOURCES)
-    _check("calib.mode", c.get("mode", "parallel"), ("parallel", "sequential"))
-    n_images = c.get("n_images", 32)
-    if not isinstance(n_images, int) or n_images < 1:
-        raise PTQError(f"calib.n_images={n_images} is impossible; valid: an integer >= 1 (at most the train split)")
-    base = dict(name=q.name, enabled=bool(q.get("enabled", True)), compat=compat, w_bits=b.w, a_bits=b.a,
-                metric=m.name, grad=grad, fisher_draws=int(m.get("fisher_draws", 4)), mode=c.get("mode", "parallel"),
-                n_images=n_images, batch_size=int(c.get("batch_size", 8)),
-                chunk_mb=(float(c["chunk_mb"]) if c.get("chunk_mb") else None),
-                capture_mb=float(c.get("capture_mb", 4096)),
-                fast_paths=bool(c.get("fast_paths", True)), seed=int(c.get("seed", 3)), load=q.get("load"))
-    if not base["enabled"]:
-        return PTQConfig(**base)
-    s = q.get("search", {}) or {}
-    search = SearchConfig(alpha=float(s.get("alpha", 0.01)), beta=float(s.get("beta", 1.2)), n=int(s.get("n", 100)),
-                          rounds=int(s.get("rounds", 3)),
-                          include_beta=bool(_pick(s.get("include_beta"), True, False, compat)),
-                          softmax_m_max=int(s.get("softmax_m_max", 19)),
-                          split_v=_pick(s.get("split_v"), "quantized", "float", compat))
+    _check("calib.mode", c.mode, MODES)
+    if c.n_images < 1:
+        raise PTQError(f"calib.n_images={c.n_images} is impossible; valid: an integer >= 1 (at most the train split)")
+    search = SearchConfig(**OmegaConf.to_container(q.search, resolve=True))
+    if search.include_beta is None:
+        search = dataclasses.replace(search, include_beta=INCLUDE_BETA_BY_COMPAT[q.compat])
     if search.n < 1 or search.rounds < 1 or not 0 < search.alpha <= search.beta:
         raise PTQError(f"impossible search settings alpha={search.alpha} beta={search.beta} n={search.n} "
                        f"rounds={search.rounds}; valid: 0 < alpha <= beta, n >= 1, rounds >= 1")
-    _check("quantizer.search.split_v", search.split_v, ("quantized", "float"))
-    softmax_q = q.get("softmax_quantizer", "twin_softmax") if q.get("twin_softmax", True) else q.get(
-        "act_quantizer", "uniform")
-    gelu_q = q.get("gelu_quantizer", "twin_gelu") if q.get("twin_gelu", True) else q.get("act_quantizer", "uniform")
-    pc = PTQConfig(**base, weight_quantizer=q.get("weight_quantizer", "uniform"),
-                   act_quantizer=q.get("act_quantizer", "uniform"), softmax_quantizer=softmax_q, gelu_quantizer=gelu_q,
-                   softmax_form=_pick(q.get("softmax_form"), "paper", "official", compat),
-                   gelu_form=_pick(q.get("gelu_form"), "paper", "official", compat),
-                   weight_granularity=q.get("weight_granularity", "tensor"),
-                   qkv_granularity=q.get("qkv_granularity", "block"),
-                   conv_granularity=q.get("conv_granularity", "channel"),
-                   quant_input_image=bool(q.get("quant_input_image", False)), search=search,
-                   extra={k: v for k, v in q.items() if k not in KNOWN_QUANTIZER_KEYS})
-    for key in ("weight_quantizer", "act_quantizer", "softmax_quantizer", "gelu_quantizer"):
-        _check(f"quantizer.{key}", getattr(pc, key), QUANTIZERS)
-    _check("quantizer.softmax_form", pc.softmax_form, COMPAT)
-    _check("quantizer.gelu_form", pc.gelu_form, COMPAT)
-    _check("quantizer.weight_granularity", pc.weight_granularity, ("tensor", "channel"))
-    _check("quantizer.qkv_granularity", pc.qkv_granularity, ("tensor", "block", "channel"))
-    _check("quantizer.conv_granularity", pc.conv_granularity, ("tensor", "channel"))
-    return pc
+    recipe = list(q.recipe)
+    for stage in recipe:
+        _check("quantizer.recipe stage", stage, STAGES)
+    slots = resolve_slots(q.slots, q.compat, w_bits, a_bits) if q.enabled else {}
+    return PTQConfig(name=q.name, enabled=bool(q.enabled), compat=q.compat, w_bits=w_bits, a_bits=a_bits,
+                     recipe=recipe, slots=slots, metric=m.name, grad=grad, fisher_draws=m.fisher_draws, mode=c.mode,
+                     n_images=c.n_images, batch_size=c.batch_size,
+                     chunk_mb=float(c.chunk_mb) if c.chunk_mb else None, capture_mb=float(c.capture_mb),
+                     fast_paths=bool(c.fast_paths), seed=c.seed, search=search, load=q.load)

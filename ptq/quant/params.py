@@ -18,7 +18,7 @@ def quant_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
             key = f"{name}.{operand}"
             for k, v in q.export().items():
                 tensors[f"{key}.{k}"] = v.detach().float().cpu().clone().contiguous()
-            meta[key] = {"kind": q.kind, "bits": q.bits, "form": q.form, "groups": q.layout.groups}
+            meta[key] = q.describe()
     return tensors, meta
 
 
@@ -56,8 +56,12 @@ def load_quant_params(model: nn.Module, path: str | Path) -> None:
     for name, op in quant_ops(model).items():
         for operand, q in op.quantizers().items():
             key = f"{name}.{operand}"
-            if meta[key]["kind"] != q.kind or meta[key]["bits"] != q.bits or meta[key]["form"] != q.form:
-                raise PTQError(f"quantizer.load={path}: {key} was saved as {meta[key]} but this run builds "
-                               f"kind={q.kind} bits={q.bits} form={q.form}")
+            mine = q.describe()
+            # files saved before `axis` was recorded carry only kind, bits, form and groups
+            differ = {k: (v, mine[k]) for k, v in meta[key].items() if k in mine and mine[k] != v}
+            if differ or tensors[f"{key}.param"].shape != q.param.shape:
+                what = ", ".join(f"{k} {saved} (this run: {own_v})" for k, (saved, own_v) in differ.items())
+                raise PTQError(f"quantizer.load={path} does not match this model/method: {key} was saved with "
+                               f"{what or 'another parameter shape'}")
             q.set_param(tensors[f"{key}.param"])
     set_quant_enabled(model, True)

@@ -14,7 +14,7 @@ import torch
 
 from ptq.quant.config import PTQConfig
 from ptq.quant.fast_paths import linear_weight_mse_scores
-from ptq.quant.modules import QLinear, QMatMul, QuantOp
+from ptq.quant.modules import QLinear, QuantOp
 
 log = logging.getLogger("ptq.calib")
 
@@ -26,6 +26,8 @@ class StepResult:
     best_index: list[int]
     score: float
     n_candidates: int
+    quantizer: str = ""
+    param: list[float] = field(default_factory=list)   # the chosen parameter, one value per scale group
 
 
 @dataclass
@@ -89,13 +91,12 @@ def search_op(name: str, op: QuantOp, cap: dict[str, torch.Tensor], metric, pcfg
     for r in range(pcfg.search.rounds):
         for operand in op.operands:
             q = quantizers.get(operand)
-            if q is None:
+            if q is None or not q.searched:
                 continue
             params = q.candidates(pcfg.search)
-            other_quantized = True
-            if isinstance(op, QMatMul) and operand == "a" and q.kind == "twin_softmax":
-                other_quantized = pcfg.search.split_v == "quantized"
-            if pcfg.fast_paths and pcfg.metric == "mse" and isinstance(op, QLinear) and operand == "weight":
+            other_quantized = q.partner == "quantized"
+            if (pcfg.fast_paths and pcfg.metric == "mse" and isinstance(op, QLinear) and operand == "weight"
+                    and other_quantized):
                 scores = linear_weight_mse_scores(op, params, cap, chunk_mb)
             else:
                 scores = evaluate_candidates(op, operand, params, cap, metric, chunk_mb, other_quantized)
@@ -106,6 +107,6 @@ def search_op(name: str, op: QuantOp, cap: dict[str, torch.Tensor], metric, pcfg
             q.set_param(best)
             top = scores.max(dim=0).values.sum().item()
             result.steps.append(StepResult(operand, r, idx, top if math.isfinite(top) else float("nan"),
-                                           params.shape[0]))
+                                           params.shape[0], q.kind, q.param.flatten().tolist()))
     result.seconds = time.time() - t0
     return result

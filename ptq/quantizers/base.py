@@ -4,16 +4,23 @@ A quantizer fake-quantizes one operand (a weight, a layer input, a matmul operan
 compact tensor `param` of shape [G] (one value per scale group). Everything the search needs is batched over a
 leading candidate dimension: `fake(x, params[C, G])` returns [C, *x.shape], so C candidates cost one tensor op.
 
+A quantizer class declares what the machinery needs to know about it, so the core never tests its name:
+`domain` (the values it expects), `searched` (whether the search stage tunes it), `PARTNER` (the other operand's
+state while it is searched, per compat mode) and `OPTIONS` (its own options and their defaults; a slot's
+`options` may set only these).
+
 Adding a quantizer = one file in this folder with a `@register_quantizer("name")` class (it is imported
 automatically) + a YAML in conf/quantizer/ that selects it for an operand (see README).
 """
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
+
+from ptq.errors import PTQError, choices
 
 QUANTIZERS: dict[str, type["Quantizer"]] = {}
 
@@ -61,13 +68,23 @@ class Quantizer(nn.Module):
 
     kind = "base"
     signed = True
+    domain: ClassVar[str] = "real"             # real | nonnegative | probability ([0, 1]) | post_gelu (>= -0.17)
+    searched: ClassVar[bool] = True            # False: initialization sets it; the search stage leaves it alone
+    # the other operand of the op while this quantizer is searched: quantized (its current parameters) or float
+    PARTNER: ClassVar[dict[str, str]] = {"paper": "quantized", "official": "quantized"}
+    OPTIONS: ClassVar[dict[str, Any]] = {}     # the quantizer's own options and their defaults
 
-    def __init__(self, bits: int, layout: Layout, form: str = "paper", **options):
+    def __init__(self, bits: int, layout: Layout, form: str = "paper", partner: str = "quantized", **options):
         super().__init__()
+        unknown = sorted(set(options) - set(self.OPTIONS))
+        if unknown:
+            raise PTQError(f"unknown option '{unknown[0]}' of quantizer {self.kind}; valid: "
+                           f"{choices(self.OPTIONS) or '(none)'}")
         self.bits = int(bits)
         self.layout = layout
         self.form = form
-        self.options = options
+        self.partner = partner
+        self.options = {**self.OPTIONS, **options}
         self.enabled = False
         self.register_buffer("param", torch.ones(layout.groups))
         self.initialized = False
@@ -131,6 +148,11 @@ class Quantizer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.kind}, bits={self.bits}, groups={self.layout.groups}, form={self.form}, enabled={self.enabled}"
+
+    def describe(self) -> dict[str, Any]:
+        """What a saved parameter file records of this quantizer, checked when it is loaded again."""
+        return {"kind": self.kind, "bits": self.bits, "form": self.form, "groups": self.layout.groups,
+                "axis": self.layout.axis}
 
 
 def qmax_signed(bits: int) -> int:

@@ -18,6 +18,7 @@ GELU_MIN = 0.16997124254703522  # -min over x of x * Phi(x)
 @register_quantizer("twin_gelu")
 class TwinGeluQuantizer(Quantizer):
     signed = True
+    domain = "post_gelu"
 
     def neg_scale(self, d_pos: torch.Tensor) -> torch.Tensor:
         half = 2 ** (self.bits - 1)

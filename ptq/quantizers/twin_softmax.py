@@ -16,6 +16,10 @@ from ptq.quantizers.base import Quantizer, register_quantizer
 @register_quantizer("twin_softmax")
 class TwinSoftmaxQuantizer(Quantizer):
     signed = False
+    domain = "probability"
+    # the reference searches the split with v float (SPEC section 5); the paper form quantizes v as at inference
+    PARTNER = {"paper": "quantized", "official": "float"}
+    OPTIONS = {"m_max": 19}   # the split m is searched over 0..m_max
 
     @property
     def levels(self) -> int:
@@ -54,7 +58,7 @@ class TwinSoftmaxQuantizer(Quantizer):
         return torch.zeros(self.layout.groups)
 
     def candidates(self, search) -> torch.Tensor:
-        m = torch.arange(0, search.softmax_m_max + 1, dtype=torch.float32, device=self.param.device)
+        m = torch.arange(0, int(self.options["m_max"]) + 1, dtype=torch.float32, device=self.param.device)
         return m[:, None].expand(-1, self.layout.groups).contiguous()
 
     def export(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,170 @@
+"""The typed schema of `conf/config.yaml`: every key of every config group and its default, stated once.
+
+Registered in Hydra's ConfigStore as `config_schema` and placed first in config.yaml's defaults list, so every
+YAML file and every command-line override is merged into these dataclasses: a misspelt or unknown key anywhere is
+an error naming it, and a value of the wrong type (`seed=abc`) is refused while composing. YAML presets state only
+what differs from these defaults (conf/quantizer/base_ptq.yaml, ptq4vit_log2.yaml).
+
+The quantizer defaults are the lab's base method, PTQ4ViT (paper form); `QuantizerConfig.slots` names, per
+operand slot, the quantizer, its granularity and its options (ptq/quant/slots.py says where each slot sits in a
+model).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING                                       # timm model name (test-bed names are registered)
+    kwargs: Dict[str, Any] = field(default_factory=dict)     # passed to timm.create_model
+    pretrained: bool = False                                 # timm's pretrained weights (hub or cache)
+    checkpoint: Optional[str] = None                         # a local state dict; wins over pretrained
+
+
+@dataclass
+class DataConfig:
+    """One schema for every data set; a loader reads the keys it needs (fmnist: root, download, max_test)."""
+
+    name: str = MISSING                                      # fmnist | imagenet
+    root: Optional[str] = None
+    download: bool = True                                    # fmnist: torchvision download when missing
+    train_split: str = "train"                               # image folders: calibration images
+    val_split: str = "val"                                   # image folders: evaluation images
+    workers: int = 8                                         # image folders: DataLoader workers
+    max_test: Optional[int] = None                           # evaluate on the first N test images (null = all)
+    transform: Dict[str, Any] = field(default_factory=dict)  # image folders: overrides of timm's eval transform
+
+
+@dataclass
+class MetricConfig:
+    name: str = MISSING              # a registered metric (ptq/metrics/)
+    grad: Optional[str] = None       # gradient source of the Hessian metric; null: from quantizer.compat
+    fisher_draws: int = 4            # labels sampled per image for grad=fisher
+
+
+@dataclass
+class BitsConfig:
+    w: int = MISSING                 # weight bits (every weight slot unless it sets its own `bits`)
+    a: int = MISSING                 # activation bits (every activation slot unless it sets its own `bits`)
+
+
+@dataclass
+class CalibConfig:
+    n_images: int = 32               # calibration images from the train split
+    seed: int = 3                    # RandomState(seed).permutation(len(train))[:n_images] (reference seed 3)
+    mode: str = "parallel"           # parallel: float inputs for every layer | sequential: quantized layers before
+    batch_size: int = 8              # images per forward/backward while capturing (bounds autograd memory)
+    chunk_mb: Optional[float] = None  # memory bound of one chunk of candidate outputs; null: 8 (CPU), 1024 (CUDA)
+    capture_mb: float = 4096.0       # memory bound of the activations captured at once
+    fast_paths: bool = True          # exact shortcuts (mse on linear weights via Gram matrices)
+
+
+@dataclass
+class SlotConfig:
+    """How one operand slot is quantized."""
+
+    quantizer: Optional[str] = "uniform"   # a registered quantizer (ptq/quantizers/); null: the operand stays float
+    granularity: str = "tensor"            # tensor | channel | block (qkv weights) | head (matmul operands)
+    enabled: bool = True                   # false: the operand uses its parent slot (e.g. softmax -> matmul)
+    bits: Optional[int] = None             # null: bits.w for weight slots, bits.a for the others
+    form: Optional[str] = None             # paper | official arithmetic of the quantizer; null: quantizer.compat
+    partner: Optional[str] = None          # the other operand during this slot's search: quantized | float;
+    #                                        null: what the quantizer declares for quantizer.compat
+    options: Dict[str, Any] = field(default_factory=dict)  # this slot's quantizer's own options (its OPTIONS)
+
+
+def _slot(quantizer: Optional[str] = "uniform", granularity: str = "tensor", enabled: bool = True):
+    return field(default_factory=lambda: SlotConfig(quantizer=quantizer, granularity=granularity, enabled=enabled))
+
+
+@dataclass
+class SlotsConfig:
+    """Every operand slot (ptq/quant/slots.py: where it sits in the model, its parent, its granularities).
+    Defaults: PTQ4ViT. A child slot with `enabled: false` falls back to its parent."""
+
+    weight: SlotConfig = _slot("uniform", "tensor")            # linear weights
+    qkv_weight: SlotConfig = _slot("uniform", "block")         # -> weight: attn.qkv (block: q, k, v scales)
+    head_weight: SlotConfig = _slot("uniform", "tensor", enabled=False)   # -> weight: the classifier head
+    conv_weight: SlotConfig = _slot("uniform", "channel")      # -> weight: the patch-embedding conv
+    input: SlotConfig = _slot("uniform", "tensor")             # linear inputs
+    ln_input: SlotConfig = _slot("uniform", "tensor", enabled=False)      # -> input: qkv, fc1, Swin reduction
+    gelu: SlotConfig = _slot("twin_gelu", "tensor")            # -> input: fc2 (post-GELU)
+    head_input: SlotConfig = _slot("uniform", "tensor", enabled=False)    # -> input: the classifier head
+    image: SlotConfig = _slot(None, "tensor")                  # the patch-embedding input (float by default)
+    matmul: SlotConfig = _slot("uniform", "head")              # q, k of q @ k^T and v of attn @ v
+    softmax: SlotConfig = _slot("twin_softmax", "tensor")      # -> matmul: the probabilities of attn @ v
+
+
+@dataclass
+class SearchConfig:
+    """The candidate grid of searched quantizers: Delta_i = (alpha + i (beta - alpha) / n) Delta_0."""
+
+    alpha: float = 0.01
+    beta: float = 1.2
+    n: int = 100
+    rounds: int = 3                  # rounds alternating over the operands of each op
+    include_beta: Optional[bool] = None  # i = 0..n (paper) or 0..n-1 (official); null: from quantizer.compat
+
+    def grid(self) -> list[float]:
+        """Candidate multipliers of the initial scale (include_beta resolved)."""
+        if self.include_beta is None:
+            raise ValueError("SearchConfig.include_beta is unresolved (null); resolve_ptq_config sets it from compat")
+        last = self.n + 1 if self.include_beta else self.n
+        return [self.alpha + i * (self.beta - self.alpha) / self.n for i in range(last)]
+
+
+@dataclass
+class QuantizerConfig:
+    name: str = MISSING              # the method's name (its conf/quantizer/<name>.yaml)
+    enabled: bool = True             # false: the float model
+    compat: str = "paper"            # paper: as published | official: the reference implementation's arithmetic
+    recipe: List[str] = field(default_factory=lambda: ["init_minmax", "search"])  # stages (ptq/quant/recipe.py)
+    slots: SlotsConfig = field(default_factory=SlotsConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    load: Optional[str] = None       # a saved quant_params.safetensors: evaluate without recalibrating
+
+
+@dataclass
+class LoggerConfig:
+    name: str = MISSING              # none | wandb
+    project: str = "ptq-vit"
+    entity: Optional[str] = None
+    mode: Optional[str] = None       # online | offline | disabled (conf/logger/wandb.yaml: from WANDB_MODE)
+    group: Optional[str] = None      # null: the sweep folder's name in multiruns
+    tags: List[str] = field(default_factory=list)
+    log_params: bool = True          # upload the calibrated parameters as an artifact
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
+    bits: BitsConfig = field(default_factory=BitsConfig)
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    task_name: str = "ptq"
+    seed: int = 0
+    device: str = "auto"             # auto | cpu | cuda
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    force: bool = False              # re-run even when results.json with the same config exists
+    progress: bool = True
+    threads: Optional[int] = None    # torch threads per job (null: torch's default)
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="config_schema", node=Config)
+
+
+register()
