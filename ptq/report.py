@@ -30,8 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ptq.reference_results import (ABLATION_ROWS, ablation_flags, ablation_reference, base_model_name,
-                                   table1_reference)
+from ptq.reference_results import ABLATION_ROWS, ablation_flags, ablation_reference, base_model_name, table1_reference
 
 RESULTS_FILE = "results.json"
 SCHEMA_VERSIONS = (1, 2)  # results.json versions this report reads; a file without schema_version is version 1
@@ -254,7 +253,7 @@ def setting_text(key: str, value) -> str:
     return fmt.format(value)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def preset_defaults(quantizer: str) -> dict:
     """The flattened default config of a quantizer preset (conf/), or {} when it does not compose."""
     try:

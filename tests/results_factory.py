@@ -1,6 +1,7 @@
 """Synthetic results.json files for the report and notebook tests (shaped like ptq.app.run's output)."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -45,6 +46,11 @@ def _set_dotted(config: dict, key: str, value) -> None:
     node[leaf] = value
 
 
+def _number(row: dict, name: str, cast=float):
+    """A number of a runs.csv row (written by pandas: `6.0` where the column has blanks), None where blank."""
+    return cast(float(row[name])) if row[name] not in ("", None) else None
+
+
 def jobs_from_runs_csv(runs_csv: Path, sweep: Path) -> list[Path]:
     """Rebuild every job of a committed `experiments/<name>/runs.csv` as `<sweep>/<job>/results.json`: the numbers
     from its row, the resolved config composed (conf/ as it is now) from the job folder's name, which is the
@@ -70,10 +76,7 @@ def jobs_from_runs_csv(runs_csv: Path, sweep: Path) -> list[Path]:
             key, value = o.split("=", 1)
             if "." in key:
                 _set_dotted(config, key, yaml.safe_load(value))
-
-        def num(name: str, cast=float):
-            return cast(float(row[name])) if row[name] not in ("", None) else None
-
+        num = functools.partial(_number, row)
         data = {"status": row["status"], "model": row["model"], "quantizer": row["quantizer"],
                 "bits_w": num("w", int), "bits_a": num("a", int), "metric": row["metric"] or None,
                 "grad": row["grad"] or None, "compat": row["compat"] or None, "top1": num("top1"),

@@ -13,7 +13,6 @@ import torch
 from conftest import FAST, ROOT, bad_checkpoint, mcfg
 
 
-
 def _env():
     path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=path)

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT
 
 # config name -> (timm name without tag, input pixels, overrides that make it cheap for CI or None)
