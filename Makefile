@@ -1,4 +1,4 @@
-# make run: set up (once) and run the default job; make test: set up (once) and run the test suite.
+# make run: set up (once) and run the default job; make test: set up (once), lint (ruff), run the test suite.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,10 +10,12 @@ FMNIST_DEB := dataset-fashion-mnist
 
 setup: $(STAMP) data
 
-# The virtual environment and the pinned packages, again only when requirements.txt is newer than the stamp.
-$(STAMP): requirements.txt
+# The virtual environment, the pinned packages and the project itself (editable: `import ptq` from anywhere),
+# again only when requirements.txt or pyproject.toml is newer than the stamp.
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -r requirements.txt
+	$(PY) -m pip install -e .
 	touch $@
 
 # Fashion-MNIST from Debian's package where apt-get exists and we are root; otherwise (or if apt fails) the
@@ -29,4 +31,5 @@ run: setup
 	$(PY) run.py
 
 test: setup
-	WANDB_MODE=$${WANDB_MODE:-disabled} $(PY) -m pytest -q tests
+	$(PY) -m ruff check .
+	WANDB_MODE=$${WANDB_MODE:-disabled} $(PY) -m pytest -q

@@ -18,5 +18,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    check_argv(sys.argv[1:])
+    sys.argv[1:] = check_argv(sys.argv[1:])  # deprecated model aliases replaced
     main()

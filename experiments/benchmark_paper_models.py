@@ -47,7 +47,6 @@ def worker(spec: dict) -> dict:
     """One calibration in this process; returns the measurements."""
     import resource
 
-    sys.path.insert(0, str(ROOT))
     import torch
 
     if spec.get("threads"):
@@ -84,7 +83,8 @@ def worker(spec: dict) -> dict:
         "search_s": report.seconds.get("search", 0.0), "layers": len(report.layers), "steps": len(steps),
         "candidates": sum(s.n_candidates for s in steps), "capture_passes": report.passes,
         "rss_before_mb": rss_before, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "metric": pcfg.metric, "grad": pcfg.grad, "batch_size": pcfg.batch_size, "capture_mb": pcfg.capture_mb, "chunk_mb": pcfg.chunk_mb,
+        "metric": pcfg.metric, "grad": pcfg.grad, "batch_size": pcfg.batch_size, "capture_mb": pcfg.capture_mb,
+        "chunk_mb": pcfg.chunk_mb,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "load_avg": round((load_before + os.getloadavg()[0]) / 2, 2)}  # other work on the machine meanwhile
     if device.type == "cuda":
@@ -137,8 +137,9 @@ def estimate_full(runs: list[dict]) -> None:
 
 
 COLUMNS = ["model", "timm_name", "input", "params_m", "device", "images", "n", "rounds", "calib_s", "init_s",
-           "capture_s", "capture_passes", "search_s", "per_candidate_step_s", "full_s", "full_kind", "rss_before_mb", "peak_rss_mb",
-           "gpu_peak_mb", "gpu_reserved_mb", "threads", "load_avg", "metric", "grad", "batch_size", "capture_mb", "chunk_mb", "error"]
+           "capture_s", "capture_passes", "search_s", "per_candidate_step_s", "full_s", "full_kind", "rss_before_mb",
+           "peak_rss_mb", "gpu_peak_mb", "gpu_reserved_mb", "threads", "load_avg", "metric", "grad", "batch_size",
+           "capture_mb", "chunk_mb", "error"]
 
 
 def fmt(v) -> str:
@@ -218,7 +219,6 @@ def main() -> None:
     ns = [int(v) for v in args.n.split(",")]
     import torch
 
-    sys.path.insert(0, str(ROOT))
     from ptq.quant.config import PAPER_DEFAULT_GRAD
 
     cpu = platform.processor() or platform.machine()

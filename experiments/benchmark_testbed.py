@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from pathlib import Path
 
+import pandas as pd
+import torch
+from hydra import compose, initialize_config_dir
+
+from ptq.app import run
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from ptq.app import run  # noqa: E402
 
 COLUMNS = ["model", "quantizer", "bits", "compat", "metric", "grad", "top1", "drop", "agreement", "kl_fp32",
            "calib_s", "calib_peak_mb"]

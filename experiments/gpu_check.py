@@ -4,8 +4,9 @@ the ratio. Run by experiments/gpu_check.sh (which sets up the packages); stays i
 
 Order: for CUDA ViT-S/224, then CUDA ViT-B/384: n=2 and n=6 (1 round) for an estimate of the full setting, then
 the full setting itself when the estimate fits the remaining budget; last CPU ViT-S/224 at n=2 and n=6
-(extrapolated), then full when the estimate is under --cpu-full-max seconds and fits. Every job runs in a fresh process (benchmark_paper_models.run_job). Writes
-gpu_check.md / .csv / .json into --out (default: $OUT, else experiments/).
+(extrapolated), then full when the estimate is under --cpu-full-max seconds and fits. Every job runs in a fresh
+process (benchmark_paper_models.run_job). Writes gpu_check.md / .csv / .json into --out (default: $OUT, else
+experiments/).
 """
 from __future__ import annotations
 
@@ -13,14 +14,12 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+import benchmark_paper_models as bench  # beside this script: its folder is first on the import path
 
-import benchmark_paper_models as bench  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 FULL = (bench.FULL_N, bench.FULL_ROUNDS)
 

@@ -28,4 +28,5 @@ fi
   || { echo "error: a package is missing (see the header of $0)"; exit 1; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 mkdir -p "$OUTDIR"
-"$PY" experiments/gpu_check.py --out "$OUTDIR" "$@" 2>&1 | tee "$OUTDIR/gpu_check.log"
+# the project from this checkout (nothing is installed on the lent machine)
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$PY" experiments/gpu_check.py --out "$OUTDIR" "$@" 2>&1 | tee "$OUTDIR/gpu_check.log"

@@ -27,17 +27,17 @@
 SWEEP_DIRS = ["multirun/table1", "multirun/ablation", "multirun/metrics", "multirun/calib_size",
               "multirun/compat", "multirun/seeds"]  # relative to the repository root; missing ones are skipped
 OUT_DIR = "experiments/plots"
-ROOT = None  # repository root; None: the first folder above the working directory holding ptq/
+ROOT = None  # repository root; None: the one holding the ptq package (installed with pip install -e .)
 
 # %%
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-root = Path(ROOT) if ROOT else next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "ptq").is_dir())
-sys.path.insert(0, str(root))
-from ptq import report  # noqa: E402
+import ptq
+from ptq import report
+
+root = Path(ROOT) if ROOT else Path(ptq.__file__).resolve().parents[1]
 
 
 def resolve(p) -> Path:

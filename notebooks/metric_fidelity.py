@@ -39,10 +39,9 @@ NEAR = 0.5              # "near the optimum": candidates with multiplier >= NEAR
 METRICS = ["mse", "l1", "cosine", "pearson", "hessian"]
 GRADS = ["kl_self", "kl_quant", "pseudo_ce", "label_ce", "fisher"]  # gradient sources of the Hessian metric
 OUT_DIR = "experiments/metric_fidelity"
-ROOT = None             # repository root; None: the first folder above the working directory holding ptq/
+ROOT = None             # repository root; None: the one holding the ptq package (pip install -e .)
 
 # %%
-import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -52,18 +51,18 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import spearmanr
 
-root = Path(ROOT) if ROOT else next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "ptq").is_dir())
-sys.path.insert(0, str(root))
-from ptq import report  # noqa: E402
-from ptq.cli import compose_config  # noqa: E402
-from ptq.data import build_data  # noqa: E402
-from ptq.metrics import get_metric  # noqa: E402
-from ptq.models import build_model  # noqa: E402
-from ptq.quant import resolve_ptq_config, set_quant_enabled, wrap_model  # noqa: E402
-from ptq.quant.calibrate import Calibrator  # noqa: E402
-from ptq.quant.modules import QLinear  # noqa: E402
-from ptq.quant.search import evaluate_candidates  # noqa: E402
+import ptq
+from ptq import report
+from ptq.cli import compose_config
+from ptq.data import build_data
+from ptq.metrics import get_metric
+from ptq.models import build_model
+from ptq.quant import resolve_ptq_config, set_quant_enabled, wrap_model
+from ptq.quant.calibrate import Calibrator
+from ptq.quant.modules import QLinear
+from ptq.quant.search import evaluate_candidates
 
+root = Path(ROOT) if ROOT else Path(ptq.__file__).resolve().parents[1]
 out_dir = Path(OUT_DIR) if Path(OUT_DIR).is_absolute() else root / OUT_DIR
 out_dir.mkdir(parents=True, exist_ok=True)
 checkpoint = "null" if CHECKPOINT is None else str(CHECKPOINT if Path(CHECKPOINT).is_absolute() else root / CHECKPOINT)
@@ -140,7 +139,7 @@ for name in layers:
         if np.ptp(s) == 0:
             print(f"{name}: {metric} gives every candidate the same score (a zero gradient?): no ranking")
 
-        def rho(mask):
+        def rho(mask, s=s, loss=loss):
             return spearmanr(s[mask], -loss[mask]).statistic if np.ptp(s[mask]) > 0 else float("nan")
 
         rows.append({"layer": name, "metric": metric, "spearman": rho(near), "spearman_all": rho(np.ones_like(near)),
@@ -207,7 +206,8 @@ summary.round(3).to_csv(out_dir / "spearman.csv")
     f"Spearman ρ between each metric's score and −KL(float ‖ quantized) over the candidate weight scales with "
     f"multiplier ≥ {NEAR} ({int(near.sum())} of {len(multipliers)}; 'whole grid': all of them), W{BITS}, "
     f"{len(data.calib_images)} calibration images, {MODEL}, one layer quantized at a time; regret = how much "
-    f"higher (%) the KL at the metric's choice is than the smallest KL over the grid.\n\n" + summary.round(3).to_markdown() + "\n")
+    f"higher (%) the KL at the metric's choice is than the smallest KL over the grid.\n\n"
+    + summary.round(3).to_markdown() + "\n")
 saved += [out_dir / "spearman.csv", out_dir / "spearman.md"]
 print(summary.round(3).to_markdown())
 print("saved:", *[str(p) for p in saved], sep="\n  ")

@@ -93,10 +93,43 @@ def check_overrides(overrides: list[str]) -> None:
         fail(f"config cannot be composed ({type(e).__name__}): {_first_lines(str(e))}")
 
 
-def check_argv(argv: list[str]) -> None:
+def model_aliases() -> dict[str, str]:
+    """timm name (with and without its weights tag) -> the short model config naming it, read from the `name:` of
+    every conf/model/*.yaml, so a config added there is its own alias table."""
+    import yaml
+
+    aliases = {}
+    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
+        name = (yaml.safe_load(path.read_text()) or {}).get("name")
+        if isinstance(name, str):
+            aliases.update({alias: path.stem for alias in (name, name.split(".", 1)[0]) if alias != path.stem})
+    return aliases
+
+
+def replace_model_aliases(argv: list[str]) -> list[str]:
+    """`model=<timm name>` (also in a sweep list) -> `model=<short config>`, with a deprecation warning; the timm
+    name itself still works as `model.name=...`."""
+    import warnings
+
+    aliases, out = model_aliases(), []
+    for arg in argv:
+        m = re.fullmatch(r"([+~]?model=)(choice\(|glob\()?(.*?)(\))?", arg)
+        if m and any(v.strip() in aliases for v in m.group(3).split(",")):
+            for v in (v.strip() for v in m.group(3).split(",")):
+                if v in aliases:
+                    warnings.warn(f"model={v} is deprecated: use model={aliases[v]} (or model.name={v})",
+                                  FutureWarning, stacklevel=2)
+            values = ",".join(aliases.get(v.strip(), v.strip()) for v in m.group(3).split(","))
+            arg = f"{m.group(1)}{m.group(2) or ''}{values}{m.group(4) or ''}"
+        out.append(arg)
+    return out
+
+
+def check_argv(argv: list[str]) -> list[str]:
     """Reject bad command-line input in one line before Hydra starts a job (and writes a run folder): an unknown
     config-group option (`model=foo`, sweeps too), then, for a single job given only overrides, anything Hydra
-    cannot compose (`quantizer.bogus=1`)."""
+    cannot compose (`quantizer.bogus=1`). Returns the arguments with deprecated model aliases replaced."""
+    argv = replace_model_aliases(argv)
     for arg in argv:
         m = re.fullmatch(r"[+~]?(\w+)=(.*)", arg)
         if not m or m.group(1) not in GROUPS:
@@ -110,6 +143,7 @@ def check_argv(argv: list[str]) -> None:
                 fail(f"unknown {group} '{option}'; valid: {', '.join(group_options(group)) or '(none)'}")
     if argv and not any(a.startswith("-") for a in argv):  # flags (-m, --cfg, -cn ...) are left to Hydra
         check_overrides(argv)
+    return argv
 
 
 def _is_multirun() -> bool:

@@ -1,7 +1,7 @@
 """Batched evaluation: logits over a test iterator, top-1/top-5, agreement and KL against float logits."""
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F

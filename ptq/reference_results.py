@@ -63,6 +63,23 @@ def table1_reference(model: str, method: str, bits: str | None = None) -> float 
     return TABLE1.get(model, {}).get((method, bits))
 
 
+def uses_quantizer(settings: dict, kind: str) -> bool:
+    """Whether a run's flattened settings put the registered quantizer `kind` (ptq.quantizers.QUANTIZERS, e.g.
+    twin_softmax) on its operand: the on/off switch `quantizer.<kind>` where the config has one (results.json
+    before the operand slots), else any operand slot naming it (`quantizer.slots.<slot>.quantizer`)."""
+    switch = settings.get(f"quantizer.{kind}")
+    if isinstance(switch, bool):
+        return switch
+    return any(k.startswith("quantizer.slots.") and k.endswith(".quantizer") and v == kind
+               for k, v in settings.items())
+
+
+def ablation_flags(settings: dict) -> tuple[bool, bool, bool]:
+    """(HG, ST, GT) of the ablation table: Hessian-guided metric, twin softmax, twin GELU."""
+    return (settings.get("metric.name") == "hessian", uses_quantizer(settings, "twin_softmax"),
+            uses_quantizer(settings, "twin_gelu"))
+
+
 def ablation_reference(model: str, flags: tuple[bool, bool, bool], bits: str) -> float | None:
     pair = ABLATION.get(tuple(flags), {}).get(base_model_name(model))
     if pair is None or bits not in ABLATION_BITS:

@@ -50,8 +50,10 @@ def train(cfg: DictConfig) -> dict:
     vx, vy = fm.load_split(root, "test")
     model = timm.create_model(cfg.model.name, **model_kwargs(cfg.model))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n and "token" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n and "token" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0}],
+    no_decay = [p for n, p in model.named_parameters()
+                if not (p.ndim >= 2 and "pos_embed" not in n and "token" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                             {"params": no_decay, "weight_decay": 0}],
                             lr=t.lr)
     steps_per_epoch = math.ceil(len(tx) / t.batch_size)
     total, warm = t.epochs * steps_per_epoch, t.warmup_epochs * steps_per_epoch
@@ -79,8 +81,8 @@ def train(cfg: DictConfig) -> dict:
             loss_sum += loss.item() * len(idx)
             step += 1
         model.eval()
-        acc = top1(evaluate_logits(model, ((fm.normalize(vx[j:j + 500]), vy[j:j + 500]) for j in range(0, len(vx), 500)),
-                                   progress=False)[0], vy)
+        test_batches = ((fm.normalize(vx[j:j + 500]), vy[j:j + 500]) for j in range(0, len(vx), 500))
+        acc = top1(evaluate_logits(model, test_batches, progress=False)[0], vy)
         print(f"epoch {epoch + 1}/{t.epochs}  loss {loss_sum / len(tx):.4f}  test top-1 {acc:.2f}  "
               f"{time.time() - start:.0f}s", flush=True)
     seconds = time.time() - start

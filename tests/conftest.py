@@ -2,24 +2,16 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # CI exports WANDB_MODE=disabled; a test that wants W&B files sets offline itself.
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
-
-
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: runs a subprocess or a full test-split evaluation (seconds, not ms)")
-    config.addinivalue_line("markers", "paper_full: the base-size paper models at full depth (run with -m paper_full)")
 
 
 @pytest.fixture

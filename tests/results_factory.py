@@ -1,6 +1,7 @@
 """Synthetic results.json files for the report and notebook tests (shaped like ptq.app.run's output)."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -35,3 +36,58 @@ def write_job(folder: Path, model: str, quantizer: str, bits: int, top1: float |
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "results.json").write_text(json.dumps(data))
     return folder
+
+
+def _set_dotted(config: dict, key: str, value) -> None:
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def _number(row: dict, name: str, cast=float):
+    """A number of a runs.csv row (written by pandas: `6.0` where the column has blanks), None where blank."""
+    return cast(float(row[name])) if row[name] not in ("", None) else None
+
+
+def jobs_from_runs_csv(runs_csv: Path, sweep: Path) -> list[Path]:
+    """Rebuild every job of a committed `experiments/<name>/runs.csv` as `<sweep>/<job>/results.json`: the numbers
+    from its row, the resolved config composed (conf/ as it is now) from the job folder's name, which is the
+    job's overrides (`bits=w6a6,calib.n_images=128,model=fmnist_vit,quantizer=ptq4vit`)."""
+    import csv
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    from ptq.cli import compose_config
+
+    composed: dict[tuple, dict] = {}
+    folders = []
+    with open(runs_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        overrides = row["path"].split(",")
+        groups = tuple(o for o in overrides if "." not in o.split("=", 1)[0])
+        if groups not in composed:
+            composed[groups] = OmegaConf.to_container(compose_config(list(groups)), resolve=True)
+        config = json.loads(json.dumps(composed[groups]))
+        for o in overrides:
+            key, value = o.split("=", 1)
+            if "." in key:
+                _set_dotted(config, key, yaml.safe_load(value))
+        num = functools.partial(_number, row)
+        data = {"status": row["status"], "model": row["model"], "quantizer": row["quantizer"],
+                "bits_w": num("w", int), "bits_a": num("a", int), "metric": row["metric"] or None,
+                "grad": row["grad"] or None, "compat": row["compat"] or None, "top1": num("top1"),
+                "top1_fp32": num("top1_fp32"), "drop": num("drop"), "top5": num("top5"),
+                "agreement": num("agreement"), "kl_fp32": num("kl_fp32"), "calib_seconds": num("calib_seconds"),
+                "num_test": num("num_test", int), "config": config}
+        for name in ("duplicate_of", "error"):
+            if row[name]:
+                data[name] = row[name]
+        folder = sweep / row["path"]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "results.json").write_text(json.dumps(data))
+        folders.append(folder)
+    return folders

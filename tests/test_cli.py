@@ -13,7 +13,6 @@ import torch
 from conftest import FAST, ROOT, bad_checkpoint, mcfg
 
 
-
 def _env():
     path = os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH"))))
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=path)
@@ -171,3 +170,28 @@ def test_run_py_subprocess_failure_in_checkout_keeps_it(tmp_path):
                           env=_env(), capture_output=True, text=True, timeout=120)
     assert_one_line_error(proc.returncode, proc.stderr, "bits.w=1", "existed before")
     assert (work / "keep.txt").read_text() == "x" and (work / "run.py").is_file() and (work / "conf").is_dir()
+
+
+def test_timm_name_as_model_option_is_a_deprecated_alias(monkeypatch, capsys):
+    """`model=<timm name>` runs the short config of that model, with a warning; the alias table is the `name:` of
+    the conf/model files, and no alias file exists beside them."""
+    from ptq.cli import model_aliases, replace_model_aliases
+
+    aliases = model_aliases()
+    assert aliases["vit_small_patch16_224"] == "vit_s_224"
+    assert aliases["swin_base_patch4_window12_384.ms_in22k_ft_in1k"] == "swin_b_384"
+    assert not any((ROOT / "conf" / "model" / f"{alias}.yaml").exists() for alias in aliases)
+    with pytest.warns(FutureWarning, match="model=deit_small_patch16_224 is deprecated: use model=deit_s_224"):
+        assert replace_model_aliases(["model=fmnist_vit,deit_small_patch16_224", "model.name=vit_tiny_patch16_224",
+                                      "bits=w8a8"]) == ["model=fmnist_vit,deit_s_224",
+                                                        "model.name=vit_tiny_patch16_224", "bits=w8a8"]
+    with pytest.warns(FutureWarning, match="model=vit_small_patch32_224 is deprecated: use model=vit_s32_224"):
+        code, out, err = run_in_process(["model=vit_small_patch32_224", "--cfg", "job"], monkeypatch, capsys)
+    assert code in (0, None), err
+    assert "name: vit_small_patch32_224.augreg_in21k_ft_in1k" in out
+
+
+def test_aliases_are_not_listed_as_options(monkeypatch, capsys):
+    code, _, err = run_in_process(["model=foo"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "unknown model 'foo'", "vit_s_224")
+    assert "vit_small_patch16_224" not in err

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import ROOT
 
 # config name -> (timm name without tag, input pixels, overrides that make it cheap for CI or None)
@@ -77,7 +76,7 @@ def test_every_spec_model_has_a_config(compose):
 
 @pytest.mark.parametrize("config", PAPER_MODELS)
 def test_config_composes(compose, config):
-    """The short name and the timm name (an alias where one exists) compose to a tagged timm model that needs no
+    """The short name and the timm name (a deprecated alias) compose to a tagged timm model that needs no
     network to build: the pretrained config (resolution, window) is timm's."""
     import timm
     from timm.models import get_pretrained_cfg
@@ -87,8 +86,10 @@ def test_config_composes(compose, config):
     assert m.name.split(".")[0] == timm_name and "." in m.name and timm.is_model(m.name)
     assert m.pretrained is True and m.checkpoint is None and dict(m.kwargs) == {}
     assert get_pretrained_cfg(m.name).input_size == (3, px, px)
-    if (ROOT / "conf" / "model" / f"{timm_name}.yaml").exists():
-        assert compose([f"model={timm_name}"]).model == m
+    from ptq.cli import replace_model_aliases
+
+    with pytest.warns(FutureWarning, match=f"model={timm_name} is deprecated: use model={config}"):
+        assert compose(replace_model_aliases([f"model={timm_name}"])).model == m
 
 
 def _run(cfg, tmp_path, monkeypatch):

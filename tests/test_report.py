@@ -1,13 +1,17 @@
 """ptq.report on synthetic results.json files whose tables are worked out by hand."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from ptq import report
 from ptq.reference_results import TABLE1, ablation_reference, table1_reference
-from tests.results_factory import write_job
+from tests.results_factory import jobs_from_runs_csv, write_job
+
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 def table1_sweep(tmp_path) -> Path:
@@ -84,13 +88,43 @@ def test_cli_writes_md_csv_tex(table1_sweep, tmp_path, capsys):
     assert report.main([str(tmp_path / "missing")]) == 2
 
 
-def test_mixed_cell_is_flagged(tmp_path):
+def test_varying_knob_is_a_split_not_an_average(tmp_path):
     d = tmp_path / "mixed"
     write_job(d / "a", "fmnist_vit", "ptq4vit", 8, 88.0, max_test=100)
     write_job(d / "b", "fmnist_vit", "ptq4vit", 8, 86.0, max_test=500)
+    write_job(d / "c", "fmnist_vit", "ptq4vit", 8, 87.0, max_test=500, seed=4)  # a repeat: averaged
+    table = report.build_report([d])["table"]
+    assert rows(table) == [{"model": "fmnist_vit", "FP32": "90.00", "PTQ4ViT W8A8 max_test=100": "88.00",
+                            "PTQ4ViT W8A8 max_test=500": "86.50 ± 0.71"}]
+    assert table.notes == []
+
+
+def test_setting_some_runs_lack_is_flagged(tmp_path):
+    d = tmp_path / "mixed"
+    write_job(d / "a", "fmnist_vit", "ptq4vit", 8, 88.0)
+    old = json.loads((write_job(d / "b", "fmnist_vit", "ptq4vit", 8, 86.0) / "results.json").read_text())
+    del old["config"]["calib"]["n_images"]  # an older file without the key
+    (d / "b" / "results.json").write_text(json.dumps(old))
     table = report.build_report([d])["table"]
     assert rows(table)[0]["PTQ4ViT W8A8"] == "87.00 ± 1.41"
-    assert len(table.notes) == 1 and "data.max_test" in table.notes[0]
+    assert table.notes == ["cell model=fmnist_vit, method=PTQ4ViT, bits=W8A8, setting=, column=PTQ4ViT W8A8 "
+                           "aggregates 2 runs that differ in calib.n_images"]
+
+
+def test_unknown_knob_and_unknown_method(tmp_path):
+    """A setting the report has no word for is labelled by its leaf name; a preset it has no label for by its
+    name; bookkeeping (threads) and seeds never split."""
+    d = tmp_path / "new"
+    for gran, top1 in (("tensor", 70.0), ("channel", 75.0)):
+        folder = write_job(d / gran, "fmnist_vit", "my_method", 4, top1, metric="mse")
+        data = json.loads((folder / "results.json").read_text())
+        data["config"]["quantizer"]["slots"] = {"linear_in": {"quantizer": "uniform", "granularity": gran}}
+        data["config"]["threads"] = 1 if gran == "tensor" else 2
+        (folder / "results.json").write_text(json.dumps(data))
+    rep = report.build_report([d])
+    assert rep["layout"] == "main"
+    assert list(rep["table"].display.columns) == ["model", "FP32", "my_method W4A4 granularity=channel",
+                                                  "my_method W4A4 granularity=tensor"]
 
 
 def test_varying_setting_becomes_a_column(tmp_path):
@@ -154,14 +188,84 @@ def test_metrics_layout_by_hand(tmp_path):
                                   {"metric": "hessian", "grad": "fisher", "fmnist_vit W4A4": "81.00"}]
 
 
-def test_unreadable_results_is_a_failed_row(tmp_path):
+@pytest.mark.parametrize("content", ["{not json", "null", "[]", "42", '"text"', '{"config": [1]}',
+                                     '{"schema_version": 99, "config": {}}', '{"schema_version": "2"}'])
+def test_unreadable_results_are_skipped_and_listed(tmp_path, content, capsys):
     d = tmp_path / "broken"
     write_job(d / "ok", "fmnist_vit", "ptq4vit", 8, 88.0)
     (d / "bad").mkdir()
-    (d / "bad" / "results.json").write_text("{not json")
+    (d / "bad" / "results.json").write_text(content)
     rep = report.build_report([d])
     assert rows(rep["table"])[0]["PTQ4ViT W8A8"] == "88.00"
-    assert len(rep["failed"]) == 1 and "unreadable" in rep["failed"].iloc[0]["error"]
+    assert len(rep["records"]) == 1 and len(rep["failed"]) == 0
+    assert rep["unreadable"]["file"].tolist() == [str(d / "bad" / "results.json")]
+    assert report.main([str(d), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "1 jobs: 1 ok, 0 failed, 1 unreadable files skipped" in printed
+    assert "### Unreadable results files (skipped)" in printed and "bad/results.json" in printed
+    assert (tmp_path / "out" / "unreadable.csv").read_text().count("bad/results.json") == 1
+
+
+def test_only_unreadable_files_is_an_error(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "results.json").write_text("null")
+    assert report.main([str(tmp_path)]) == 2
+    assert "no readable results.json" in capsys.readouterr().err
+
+
+def test_schema_versions_one_and_two_read_alike(tmp_path):
+    d = tmp_path / "versions"
+    write_job(d / "v1", "fmnist_vit", "ptq4vit", 8, 88.0)  # no schema_version: version 1
+    v2 = write_job(d / "v2", "fmnist_vit", "ptq4vit", 8, 86.0, seed=4) / "results.json"
+    v2.write_text(json.dumps(dict(json.loads(v2.read_text()), schema_version=2)))
+    rep = report.build_report([d])
+    assert rep["records"]["schema_version"].tolist() == [1, 2]
+    assert rows(rep["table"])[0]["PTQ4ViT W8A8"] == "87.00 ± 1.41"
+
+
+def test_ablation_from_operand_slots(tmp_path):
+    """Without the twin switches (configs with operand slots), ST / GT come from the quantizer a slot names."""
+    d = tmp_path / "slots"
+    for st in (False, True):
+        folder = write_job(d / f"st{st}", "fmnist_vit", "ptq4vit", 6, 80.0 + 2 * st)
+        data = json.loads((folder / "results.json").read_text())
+        q = data["config"]["quantizer"]
+        del q["twin_softmax"], q["twin_gelu"]
+        q["slots"] = {"softmax": {"quantizer": "twin_softmax" if st else "uniform"},
+                      "gelu": {"quantizer": "twin_gelu"}}
+        (folder / "results.json").write_text(json.dumps(data))
+    rep = report.build_report([d])
+    assert rep["layout"] == "ablation"
+    assert [(r["HG"], r["ST"], r["GT"], r["fmnist_vit W6A6"]) for r in rows(rep["table"])] == [
+        ("✓", "", "✓", "80.00"), ("✓", "✓", "✓", "82.00")]
+
+
+@pytest.mark.parametrize("name", ["table1", "ablation", "metrics", "calib_size", "seeds", "compat"])
+def test_committed_tables_regenerate(name, tmp_path, monkeypatch):
+    """Each committed experiments/<name>/ table, rebuilt from its runs.csv (results.json per job, configs composed
+    from the job folders' override names), comes out byte for byte as committed."""
+    committed = ROOT / "experiments" / name
+    monkeypatch.chdir(tmp_path)
+    jobs_from_runs_csv(committed / "runs.csv", Path("multirun") / name)
+    assert report.main([f"multirun/{name}", "--out", "out"]) == 0
+    for path in sorted(committed.iterdir()):
+        assert (tmp_path / "out" / path.name).read_text() == path.read_text(), path.name
+
+
+def test_report_to_wandb_offline(table1_sweep, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "out"
+    assert report.main([str(table1_sweep), "--out", str(out), "--format", "md", "--wandb"]) == 0
+    printed = capsys.readouterr().out
+    assert "W&B: offline run" in printed and "in group table1 of project ptq-vit" in printed
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    logged = sorted(p.name.split("_")[0] for p in (runs[0] / "files" / "media" / "table").glob("*.table.json"))
+    assert logged == ["cells", "drop", "failed", "runs", "table"]
+    table = json.loads(next((runs[0] / "files" / "media" / "table").glob("table_*.table.json")).read_text())
+    assert table["columns"] == ["model", "FP32", "BasePTQ W8A8", "BasePTQ W6A6", "PTQ4ViT W8A8", "PTQ4ViT W6A6"]
+    assert table["data"][0][4] == "89.60 ± 0.14"
 
 
 def test_model_order():

@@ -1,8 +1,8 @@
 """`build_data(cfg, model)`: calibration batch + test iterator for the configured data set."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 import torch

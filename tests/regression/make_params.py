@@ -1,4 +1,4 @@
-"""Regenerate the regression parameter files of tests/test_regression.py: `python tests/regression/make_params.py`.
+"""Regenerate the regression parameter files of tests/test_regression.py: `python -m tests.regression.make_params`.
 
 Each case calibrates a test-bed model with reduced search settings and stores the calibrated quantizer
 parameters (quant_params.safetensors, renamed to <case>.safetensors) and the top-1 / agreement on the first
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
@@ -39,7 +38,6 @@ def run_case(overrides: list[str], out: Path) -> dict:
 
 
 def main() -> None:
-    sys.path.insert(0, str(HERE.parents[1]))
     for case, overrides in CASES.items():
         with tempfile.TemporaryDirectory() as tmp:
             res = run_case(overrides, Path(tmp))
