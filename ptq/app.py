@@ -17,13 +17,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptq.data import build_data
 from ptq.env import environment, resolve_device
-from ptq.errors import PTQError
 from ptq.evaluate import agreement, evaluate_logits, kl_to_reference, top1, topk
 from ptq.models import build_model
 
 log = logging.getLogger("ptq")
 
 RESULTS_FILE = "results.json"
+# 2: the typed schema with operand slots (quantizer.slots.*), ptq_config.slots; 1 (no field): before it
+RESULTS_SCHEMA_VERSION = 2
 PARAMS_FILE = "quant_params.safetensors"
 
 
@@ -114,7 +115,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
              sum(p.numel() for p in model.parameters()) / 1e6, device, len(data.calib_images), data.num_test)
 
     fp_logits, labels, fp_seconds = float_logits(model, data, cfg, device, progress)
-    results: dict = {"status": "ok", "model": cfg.model.name, "quantizer": pcfg.name, "bits_w": pcfg.w_bits,
+    results: dict = {"status": "ok", "schema_version": RESULTS_SCHEMA_VERSION, "model": cfg.model.name,
+                     "quantizer": pcfg.name, "bits_w": pcfg.w_bits,
                      "bits_a": pcfg.a_bits, "metric": pcfg.metric, "grad": pcfg.grad, "compat": pcfg.compat,
                      "top1_fp32": top1(fp_logits, labels), "top5_fp32": topk(fp_logits, labels, 5),
                      "num_test": data.num_test, "calib_images": len(data.calib_images)}

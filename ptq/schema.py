@@ -12,7 +12,7 @@ model).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -21,9 +21,9 @@ from omegaconf import MISSING
 @dataclass
 class ModelConfig:
     name: str = MISSING                                       # timm model name (test-bed names are registered)
-    kwargs: Dict[str, Any] = field(default_factory=dict)     # passed to timm.create_model
+    kwargs: dict[str, Any] = field(default_factory=dict)     # passed to timm.create_model
     pretrained: bool = False                                 # timm's pretrained weights (hub or cache)
-    checkpoint: Optional[str] = None                         # a local state dict; wins over pretrained
+    checkpoint: str | None = None                         # a local state dict; wins over pretrained
 
 
 @dataclass
@@ -31,19 +31,19 @@ class DataConfig:
     """One schema for every data set; a loader reads the keys it needs (fmnist: root, download, max_test)."""
 
     name: str = MISSING                                      # fmnist | imagenet
-    root: Optional[str] = None
+    root: str | None = None
     download: bool = True                                    # fmnist: torchvision download when missing
     train_split: str = "train"                               # image folders: calibration images
     val_split: str = "val"                                   # image folders: evaluation images
     workers: int = 8                                         # image folders: DataLoader workers
-    max_test: Optional[int] = None                           # evaluate on the first N test images (null = all)
-    transform: Dict[str, Any] = field(default_factory=dict)  # image folders: overrides of timm's eval transform
+    max_test: int | None = None                           # evaluate on the first N test images (null = all)
+    transform: dict[str, Any] = field(default_factory=dict)  # image folders: overrides of timm's eval transform
 
 
 @dataclass
 class MetricConfig:
     name: str = MISSING              # a registered metric (ptq/metrics/)
-    grad: Optional[str] = None       # gradient source of the Hessian metric; null: from quantizer.compat
+    grad: str | None = None       # gradient source of the Hessian metric; null: from quantizer.compat
     fisher_draws: int = 4            # labels sampled per image for grad=fisher
 
 
@@ -59,7 +59,7 @@ class CalibConfig:
     seed: int = 3                    # RandomState(seed).permutation(len(train))[:n_images] (reference seed 3)
     mode: str = "parallel"           # parallel: float inputs for every layer | sequential: quantized layers before
     batch_size: int = 8              # images per forward/backward while capturing (bounds autograd memory)
-    chunk_mb: Optional[float] = None  # memory bound of one chunk of candidate outputs; null: 8 (CPU), 1024 (CUDA)
+    chunk_mb: float | None = None  # memory bound of one chunk of candidate outputs; null: 8 (CPU), 1024 (CUDA)
     capture_mb: float = 4096.0       # memory bound of the activations captured at once
     fast_paths: bool = True          # exact shortcuts (mse on linear weights via Gram matrices)
 
@@ -68,17 +68,17 @@ class CalibConfig:
 class SlotConfig:
     """How one operand slot is quantized."""
 
-    quantizer: Optional[str] = "uniform"   # a registered quantizer (ptq/quantizers/); null: the operand stays float
+    quantizer: str | None = "uniform"   # a registered quantizer (ptq/quantizers/); null: the operand stays float
     granularity: str = "tensor"            # tensor | channel | block (qkv weights) | head (matmul operands)
     enabled: bool = True                   # false: the operand uses its parent slot (e.g. softmax -> matmul)
-    bits: Optional[int] = None             # null: bits.w for weight slots, bits.a for the others
-    form: Optional[str] = None             # paper | official arithmetic of the quantizer; null: quantizer.compat
-    partner: Optional[str] = None          # the other operand during this slot's search: quantized | float;
+    bits: int | None = None             # null: bits.w for weight slots, bits.a for the others
+    form: str | None = None             # paper | official arithmetic of the quantizer; null: quantizer.compat
+    partner: str | None = None          # the other operand during this slot's search: quantized | float;
     #                                        null: what the quantizer declares for quantizer.compat
-    options: Dict[str, Any] = field(default_factory=dict)  # this slot's quantizer's own options (its OPTIONS)
+    options: dict[str, Any] = field(default_factory=dict)  # this slot's quantizer's own options (its OPTIONS)
 
 
-def _slot(quantizer: Optional[str] = "uniform", granularity: str = "tensor", enabled: bool = True):
+def _slot(quantizer: str | None = "uniform", granularity: str = "tensor", enabled: bool = True):
     return field(default_factory=lambda: SlotConfig(quantizer=quantizer, granularity=granularity, enabled=enabled))
 
 
@@ -108,7 +108,7 @@ class SearchConfig:
     beta: float = 1.2
     n: int = 100
     rounds: int = 3                  # rounds alternating over the operands of each op
-    include_beta: Optional[bool] = None  # i = 0..n (paper) or 0..n-1 (official); null: from quantizer.compat
+    include_beta: bool | None = None  # i = 0..n (paper) or 0..n-1 (official); null: from quantizer.compat
 
     def grid(self) -> list[float]:
         """Candidate multipliers of the initial scale (include_beta resolved)."""
@@ -123,20 +123,20 @@ class QuantizerConfig:
     name: str = MISSING              # the method's name (its conf/quantizer/<name>.yaml)
     enabled: bool = True             # false: the float model
     compat: str = "paper"            # paper: as published | official: the reference implementation's arithmetic
-    recipe: List[str] = field(default_factory=lambda: ["init_minmax", "search"])  # stages (ptq/quant/recipe.py)
+    recipe: list[str] = field(default_factory=lambda: ["init_minmax", "search"])  # stages (ptq/quant/recipe.py)
     slots: SlotsConfig = field(default_factory=SlotsConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
-    load: Optional[str] = None       # a saved quant_params.safetensors: evaluate without recalibrating
+    load: str | None = None       # a saved quant_params.safetensors: evaluate without recalibrating
 
 
 @dataclass
 class LoggerConfig:
     name: str = MISSING              # none | wandb
     project: str = "ptq-vit"
-    entity: Optional[str] = None
-    mode: Optional[str] = None       # online | offline | disabled (conf/logger/wandb.yaml: from WANDB_MODE)
-    group: Optional[str] = None      # null: the sweep folder's name in multiruns
-    tags: List[str] = field(default_factory=list)
+    entity: str | None = None
+    mode: str | None = None       # online | offline | disabled (conf/logger/wandb.yaml: from WANDB_MODE)
+    group: str | None = None      # null: the sweep folder's name in multiruns
+    tags: list[str] = field(default_factory=list)
     log_params: bool = True          # upload the calibrated parameters as an artifact
 
 
@@ -160,7 +160,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     force: bool = False              # re-run even when results.json with the same config exists
     progress: bool = True
-    threads: Optional[int] = None    # torch threads per job (null: torch's default)
+    threads: int | None = None    # torch threads per job (null: torch's default)
 
 
 def register() -> None:

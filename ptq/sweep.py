@@ -6,8 +6,8 @@ import copy
 import json
 import logging
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from omegaconf import DictConfig
 
@@ -23,8 +23,9 @@ def _comparable(config: dict) -> dict:
 
 def effective_config(config: dict) -> dict:
     """The part of a resolved config that can change a job's numbers: the float model (quantizer.enabled false)
-    ignores bits, metric, calibration and method settings; only the Hessian metric reads metric.grad, and only
-    its `fisher` source reads metric.fisher_draws. Jobs with equal effective configs give equal results."""
+    ignores bits, metric, calibration and method settings; a disabled operand slot's settings are unused (its
+    operands take the parent slot's); only the Hessian metric reads metric.grad, and only its `fisher` source
+    reads metric.fisher_draws. Jobs with equal effective configs give equal results."""
     from ptq.metrics import NEEDS_GRAD
 
     c = copy.deepcopy(_comparable(config))
@@ -34,6 +35,9 @@ def effective_config(config: dict) -> dict:
             c.pop(key, None)
         c["quantizer"] = {"enabled": False}
         return c
+    for name, slot in (quantizer.get("slots") or {}).items():
+        if isinstance(slot, dict) and slot.get("enabled") is False:
+            quantizer["slots"][name] = {"enabled": False}
     metric = c.get("metric") or {}
     if metric.get("name") not in NEEDS_GRAD:  # no gradient is computed for these metrics
         metric.pop("grad", None)

@@ -4,15 +4,14 @@ images). The committed files were written by the code before the config refactor
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 from conftest import ROOT
 
+from tests.regression import make_params
+
 REGRESSION = ROOT / "tests" / "regression"
-sys.path.insert(0, str(REGRESSION))
-import make_params  # noqa: E402
 
 
 @pytest.mark.parametrize("case", list(make_params.CASES))

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import torch
+from conftest import ptq_config
 from torch import nn
 
 from ptq.metrics import METRICS
-from conftest import ptq_config
-
 from ptq.quant.config import SearchConfig
 from ptq.quant.fast_paths import linear_weight_mse_scores
 from ptq.quant.modules import QLinear, QMatMul

@@ -11,11 +11,11 @@ conf/metric/ (see README).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
-MetricFn = Callable[[torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
 METRICS: dict[str, MetricFn] = {}
 NEEDS_GRAD: set[str] = set()
 

@@ -121,7 +121,7 @@ class Calibrator:
             return self.capture(names, True, source)
         caps = self.capture(names, True, None)
         if need_grad:  # kl_quant: the gradient of the model quantized with its initial parameters
-            for n, op in self.ops.items():
+            for op in self.ops.values():
                 op.set_enabled(True)
             grads = self.capture(names, False, source)
             for n in names:

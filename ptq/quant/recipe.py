@@ -11,15 +11,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from ptq.metrics import get_metric
-from ptq.quant.calibrate import CalibReport, Calibrator
+from ptq.quant.calibrate import Calibrator, CalibReport
 from ptq.quant.config import PTQConfig
 from ptq.quant.modules import QuantOp
 from ptq.quant.search import search_op

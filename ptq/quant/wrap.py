@@ -68,7 +68,7 @@ def linear_slots(model: nn.Module) -> dict[str, tuple[str, str]]:
     return slots
 
 
-def wrap_model(model: nn.Module, pcfg: PTQConfig) -> "OrderedDict[str, QuantOp]":
+def wrap_model(model: nn.Module, pcfg: PTQConfig) -> OrderedDict[str, QuantOp]:
     """Replace float ops by quantized ones in place; returns the QuantOps by name in module order."""
     if any(isinstance(m, QuantOp) for m in model.modules()):
         raise PTQError("the model is already quantized; build a fresh model to quantize it again")
@@ -93,7 +93,7 @@ def wrap_model(model: nn.Module, pcfg: PTQConfig) -> "OrderedDict[str, QuantOp]"
     return ops
 
 
-def quant_ops(model: nn.Module) -> "OrderedDict[str, QuantOp]":
+def quant_ops(model: nn.Module) -> OrderedDict[str, QuantOp]:
     return OrderedDict((n, m) for n, m in model.named_modules() if isinstance(m, QuantOp))
 
 

@@ -15,14 +15,15 @@ automatically) + a YAML in conf/quantizer/ that selects it for an operand (see R
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ptq.errors import PTQError, choices
 
-QUANTIZERS: dict[str, type["Quantizer"]] = {}
+QUANTIZERS: dict[str, type[Quantizer]] = {}
 
 
 def register_quantizer(name: str) -> Callable[[type], type]:

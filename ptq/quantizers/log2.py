@@ -1,7 +1,8 @@
 """Log2 quantizer for post-softmax values (as in FQ-ViT / RepQ-ViT), the worked example of a user-added quantizer.
 
 Q(x) = D 2^-q with q = clamp(round(-log2(x / D)), 0, 2^b - 2); the largest code 2^b - 1 stands for exactly zero.
-D starts at max(x) and is searched on the usual grid. Selected with `quantizer=ptq4vit_log2` (conf/quantizer/): one slot setting on top of ptq4vit.
+D starts at max(x) and is searched on the usual grid. Selected with `quantizer=ptq4vit_log2` (conf/quantizer/):
+one slot setting on top of ptq4vit.
 """
 from __future__ import annotations
 
