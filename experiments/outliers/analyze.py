@@ -49,7 +49,8 @@ def measure_model(model_name: str, profile: str, overrides=()) -> tuple[Activati
 
 def ratio_rows(model: str, profile: str, stats: ActivationStats) -> list[dict]:
     return [{"model": model, "profile": profile, "layernorm": name, "channels": r.numel(),
-             "median_range": float(r.median()), "max_range": float(r.max()), "max_over_median": range_ratio(r)}
+             "median_range": float(torch.quantile(r.double(), 0.5)), "max_range": float(r.max()),
+             "max_over_median": range_ratio(r)}
             for name, r in stats.ranges().items()]
 
 

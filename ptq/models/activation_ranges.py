@@ -25,8 +25,9 @@ class ActivationStats:
 
 
 def range_ratio(ranges: torch.Tensor) -> float:
-    """max / median of the per-channel ranges: the inter-channel variation a profile is tuned to."""
-    return float(ranges.max() / ranges.median().clamp(min=1e-12))
+    """max / median of the per-channel ranges: the inter-channel variation a profile is tuned to (the median of an
+    even count is the mean of the middle two)."""
+    return float(ranges.max() / torch.quantile(ranges.double(), 0.5).clamp(min=1e-12))
 
 
 def _sample(t: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
