@@ -6,6 +6,7 @@ import copy
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import timm
 import torch
@@ -176,3 +177,19 @@ def test_report_rows_per_profile(tmp_path):
     rows = rep["table"].display
     assert list(rows["model"]) == ["fmnist_vit", "fmnist_vit+severe"]
     assert list(rows["BasePTQ W4A4"]) == ["80.00", "40.00"]
+
+
+@pytest.mark.slow
+def test_outlier_ranges_notebook(tmp_path):
+    from tests.test_notebooks import NOTEBOOKS, ROOT, run_nbmake, to_ipynb
+
+    out = tmp_path / "outliers"
+    params = {"MODELS": ["fmnist_swin"], "PROFILES": ["none", "deit_like"], "N_IMAGES": 4, "OUT_DIR": str(out),
+              "ROOT": str(ROOT)}
+    run_nbmake(to_ipynb(NOTEBOOKS / "outlier_ranges.py", params, tmp_path))
+    assert sorted(p.name for p in out.iterdir()) == ["distributions_fmnist_swin.png", "ranges.csv", "ranges.md",
+                                                     "ranges_fmnist_swin_deit_like.png"]
+    ranges = pd.read_csv(out / "ranges.csv")
+    stressed = ranges[ranges["profile"] == "deit_like"]["max_over_median"]
+    plain = ranges[ranges["profile"] == "none"]["max_over_median"]
+    assert stressed.median() > 2 * plain.median()

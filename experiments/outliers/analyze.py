@@ -22,8 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
+from ptq.cli import compose_config  # noqa: E402
 from ptq.data.dataset import build_data  # noqa: E402
 from ptq.models import build_model  # noqa: E402
 from ptq.models.activation_ranges import ActivationStats, measure, range_ratio  # noqa: E402
@@ -32,15 +32,9 @@ PROFILES = ("none", "mild", "deit_like", "severe")
 MODELS = ("fmnist_vit", "fmnist_swin")
 
 
-def compose_config(model: str, profile: str, overrides=()):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
-        return compose("config", overrides=[f"model={model}", f"model/outliers={profile}", "logger=none",
-                                            *overrides])
-
-
 def measure_model(model_name: str, profile: str, overrides=()) -> tuple[ActivationStats, int]:
     """Stats of `model_name` with `profile` on the calibration images of the composed config."""
-    cfg = compose_config(model_name, profile, overrides)
+    cfg = compose_config([f"model={model_name}", f"model/outliers={profile}", "logger=none", *overrides])
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg.model, "cpu")
     data = build_data(cfg, model)
@@ -107,16 +101,22 @@ def main(argv=None) -> int:
     p.add_argument("--dpi", type=int, default=80)
     p.add_argument("--override", action="append", default=[], help="extra Hydra override, e.g. calib.n_images=8")
     args = p.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+    write_analysis(args.models, args.profiles, args.out, args.override, args.dpi)
+    return 0
+
+
+def write_analysis(models, profiles, out: Path, overrides=(), dpi: int = 80) -> pd.DataFrame:
+    """Measure, plot and write ranges.md / ranges.csv under `out`; returns the per-model summary."""
+    out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for model in args.models:
-        base, n_images = measure_model(model, "none", args.override)
-        plot_distributions(model, base, args.out, args.dpi)
-        for profile in args.profiles:
-            stats = base if profile == "none" else measure_model(model, profile, args.override)[0]
+    for model in models:
+        base, n_images = measure_model(model, "none", overrides)
+        plot_distributions(model, base, out, dpi)
+        for profile in profiles:
+            stats = base if profile == "none" else measure_model(model, profile, overrides)[0]
             rows += ratio_rows(model, profile, stats)
             if profile != "none":
-                plot_ranges(model, profile, base, stats, args.out, args.dpi)
+                plot_ranges(model, profile, base, stats, out, dpi)
     per_norm = pd.DataFrame(rows)
     summary = summarize(per_norm)
     text = (f"# Post-LayerNorm channel ranges ({n_images} calibration images per model)\n\n"
@@ -124,10 +124,10 @@ def main(argv=None) -> int:
             "(max - min over all tokens) / the median channel's, per LayerNorm that feeds a linear.\n\n"
             "## Summary\n\n" + summary.to_markdown(index=False, floatfmt=".2f") +
             "\n\n## Per LayerNorm\n\n" + per_norm.to_markdown(index=False, floatfmt=".3f") + "\n")
-    (args.out / "ranges.md").write_text(text)
-    per_norm.to_csv(args.out / "ranges.csv", index=False)
+    (out / "ranges.md").write_text(text)
+    per_norm.to_csv(out / "ranges.csv", index=False)
     print(text)
-    return 0
+    return summary
 
 
 if __name__ == "__main__":
