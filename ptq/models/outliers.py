@@ -78,7 +78,8 @@ def _validate(oc: OutliersConfig) -> None:
 
 
 def enabled(oc: OutliersConfig) -> bool:
-    return oc.profile != "none" and oc.fraction > 0 and oc.high != 1.0 and bool(oc.norms)
+    """Whether the transform changes anything: a profile other than none, some channels, a factor other than 1."""
+    return oc.profile != "none" and oc.fraction > 0 and (oc.low, oc.high) != (1.0, 1.0) and bool(oc.norms)
 
 
 def norm_linear_pairs(model: nn.Module) -> list[tuple[str, str, nn.LayerNorm, nn.Linear]]:
