@@ -102,6 +102,19 @@ def schema_version(data) -> int | None:
     return version if isinstance(version, int) and version in SCHEMA_VERSIONS else None
 
 
+def outlier_profile(cfg: dict) -> str | None:
+    """The stress profile of the run's model (`model.outliers.profile`, ptq/models/outliers.py), None when off."""
+    profile = ((cfg.get("model") or {}).get("outliers") or {}).get("profile")
+    return None if profile in (None, "none") else str(profile)
+
+
+def model_label(data: dict, cfg: dict) -> str:
+    """The model's name; a stressed test-bed (an outlier profile) is its own model: `fmnist_vit+deit_like`."""
+    name = data.get("model") or (cfg.get("model") or {}).get("name") or "?"
+    profile = outlier_profile(cfg)
+    return f"{name}+{profile}" if profile else name
+
+
 def record(path: Path, data: dict, root: Path | None = None) -> dict:
     """One row of the records table from a results.json (ok or failed)."""
     from ptq.metrics import NEEDS_GRAD
@@ -127,7 +140,7 @@ def record(path: Path, data: dict, root: Path | None = None) -> dict:
     hg, st, gt = ablation_flags(settings)
     return {
         "path": name, "status": data.get("status", "?"),
-        "model": data.get("model") or (cfg.get("model") or {}).get("name") or "?",
+        "model": model_label(data, cfg), "outliers": outlier_profile(cfg) or "none",
         "quantizer": quantizer, "method": method_label(quantizer), "enabled": enabled,
         "bits": bits_label(w, a) if enabled else "—", "w": w if enabled else None, "a": a if enabled else None,
         "metric": metric if enabled else None, "grad": grad if enabled and metric in NEEDS_GRAD else None,
@@ -333,17 +346,22 @@ def _fp32_of(ok: pd.DataFrame, model: str) -> tuple[float, float, int]:
 
 
 def model_order(models) -> list[str]:
-    """Other models (the test-bed) first, ViT before DeiT before Swin, then the paper's models in its order."""
+    """Other models (the test-bed) first, ViT before DeiT before Swin, then the paper's models in its order; a
+    model's stressed variants (`name+profile`) follow it, mildest first."""
+    from ptq.models.outliers import PROFILES
     from ptq.reference_results import TABLE1
 
     paper = list(TABLE1)
 
     def key(m):
-        base = base_model_name(m)
+        name, _, profile = str(m).partition("+")
+        base = base_model_name(name)
+        profile = profile or "none"
+        stress = (PROFILES.index(profile) if profile in PROFILES else len(PROFILES), profile)
         if base in paper:
-            return (1, paper.index(base), m)
+            return (1, paper.index(base), name, stress)
         family = 1 if "deit" in base else 2 if "swin" in base else 0 if "vit" in base else 3
-        return (0, family, m)
+        return (0, family, name, stress)
 
     return sorted(set(models), key=key)
 

@@ -17,6 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from ptq.models.outliers import OutliersConfig
+
 
 @dataclass
 class ModelConfig:
@@ -24,6 +26,7 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)     # passed to timm.create_model
     pretrained: bool = False                                 # timm's pretrained weights (hub or cache)
     checkpoint: str | None = None                         # a local state dict; wins over pretrained
+    outliers: OutliersConfig = field(default_factory=OutliersConfig)  # stress profile (conf/model/outliers/)
 
 
 @dataclass

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 import ptq.models.testbed  # noqa: F401  (registers the test-bed names in timm)
 from ptq.errors import PTQError
 from ptq.models.checkpoint import check_finite, load_into
+from ptq.models.outliers import apply_outliers
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SUPPORTED_FAMILIES = ("vit_", "deit_", "deit3_", "swin_", "fmnist_")
@@ -59,7 +60,8 @@ def pretrained_source(name: str) -> str:
 
 
 def build_model(mcfg, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Create `mcfg.name` with `mcfg.kwargs`, load `mcfg.checkpoint` (local) or pretrained weights, eval mode."""
+    """Create `mcfg.name` with `mcfg.kwargs`, load `mcfg.checkpoint` (local) or pretrained weights, give it the
+    post-LayerNorm outliers of `mcfg.outliers` (function-preserving; off by default), eval mode."""
     name = mcfg.name
     if not timm.is_model(name) or not name.startswith(SUPPORTED_FAMILIES):
         close = [n for n in known_models() if name.split("_")[0] in n][:8] or ["fmnist_vit", "fmnist_swin",
@@ -84,4 +86,5 @@ def build_model(mcfg, device: str | torch.device = "cpu") -> torch.nn.Module:
         load_into(model, resolve_path(str(checkpoint)))
     else:
         check_finite(model.state_dict(), f"of model {name}")
+    apply_outliers(model, mcfg.get("outliers"))
     return model.eval().to(device)
