@@ -24,8 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from ptq.reference_results import ABLATION_ROWS, ablation_reference, base_model_name, table1_reference
+from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION, read_results
 
-RESULTS_FILE = "results.json"
 FORMATS = ("md", "csv", "tex")
 LAYOUTS = ("auto", "main", "ablation", "metrics")
 METHOD_LABELS = {"fp32": "FP32", "base_ptq": "BasePTQ", "ptq4vit": "PTQ4ViT"}
@@ -113,14 +113,16 @@ def find_results(paths) -> list[tuple[Path, Path]]:
     return found
 
 
-def load_records(paths) -> pd.DataFrame:
-    """Every results.json under `paths` as one row; unreadable files become failed rows naming the problem."""
+def load_records(paths, unreadable: list[str] | None = None) -> pd.DataFrame:
+    """Every trustworthy results.json under `paths` (ptq/results_file.py, any schema version up to this code's) as
+    one row; the others are skipped and, as 'path: why', appended to `unreadable`."""
     rows = []
     for path, root in find_results(paths):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            data = {"status": "failed", "error": f"unreadable {RESULTS_FILE}: {e}"}
+        data, problem = read_results(path, range(1, RESULTS_SCHEMA_VERSION + 1))
+        if data is None:
+            if unreadable is not None:
+                unreadable.append(f"{path}: {problem}")
+            continue
         rows.append(record(path, data, root))
     columns = list(record(Path(RESULTS_FILE), {}).keys())
     return pd.DataFrame(rows, columns=columns)
@@ -450,13 +452,16 @@ def runs_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_report(paths, layout: str = "auto") -> dict:
-    """Everything `ptq.report` writes: {"layout", "table", "drop", "failed", "records"}."""
-    df = load_records(paths)
+    """Everything `ptq.report` writes: {"layout", "table", "drop", "failed", "records", "unreadable"}."""
+    unreadable: list[str] = []
+    df = load_records(paths, unreadable)
+    if not len(df):
+        return {"layout": layout, "records": df, "unreadable": unreadable}
     if layout == "auto":
         layout = pick_layout(df)
     fn = LAYOUT_FUNCTIONS[layout]
     return {"layout": layout, "table": fn(df), "drop": fn(df, drop=True), "failed": failed_table(df),
-            "records": df}
+            "records": df, "unreadable": unreadable}
 
 
 def report_markdown(rep: dict, sources) -> str:
@@ -470,6 +475,9 @@ def report_markdown(rep: dict, sources) -> str:
     parts = [head, "", rep["table"].markdown(), rep["drop"].markdown()]
     if len(rep["failed"]):
         parts += ["### Failed jobs", "", rep["failed"].to_markdown(index=False), ""]
+    if rep.get("unreadable"):
+        parts += [f"### Skipped files ({len(rep['unreadable'])}, not valid {RESULTS_FILE})", "",
+                  *(f"- {line}" for line in rep["unreadable"]), ""]
     return "\n".join(parts)
 
 
@@ -516,7 +524,9 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not len(rep["records"]):
-        print(f"error: no {RESULTS_FILE} under {', '.join(args.sweeps)}", file=sys.stderr)
+        skipped = f" ({len(rep['unreadable'])} unreadable: {'; '.join(rep['unreadable'])[:300]})" \
+            if rep["unreadable"] else ""
+        print(f"error: no valid {RESULTS_FILE} under {', '.join(args.sweeps)}{skipped}", file=sys.stderr)
         return 2
     print(report_markdown(rep, args.sweeps))
     if args.out is not None:

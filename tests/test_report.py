@@ -154,14 +154,30 @@ def test_metrics_layout_by_hand(tmp_path):
                                   {"metric": "hessian", "grad": "fisher", "fmnist_vit W4A4": "81.00"}]
 
 
-def test_unreadable_results_is_a_failed_row(tmp_path):
+@pytest.mark.parametrize("content", ["{not json", "null", "[]", '{"status": "ok"}', '{"status": "done"}',
+                                     '{"status": "ok", "schema_version": 99}'])
+def test_unreadable_results_are_skipped_and_listed(tmp_path, capsys, content):
     d = tmp_path / "broken"
     write_job(d / "ok", "fmnist_vit", "ptq4vit", 8, 88.0)
     (d / "bad").mkdir()
-    (d / "bad" / "results.json").write_text("{not json")
+    (d / "bad" / "results.json").write_text(content)
     rep = report.build_report([d])
     assert rows(rep["table"])[0]["PTQ4ViT W8A8"] == "88.00"
-    assert len(rep["failed"]) == 1 and "unreadable" in rep["failed"].iloc[0]["error"]
+    assert len(rep["records"]) == 1 and len(rep["failed"]) == 0
+    (line,) = rep["unreadable"]
+    assert line.startswith(str(d / "bad" / "results.json"))
+    assert report.main([str(d)]) == 0
+    assert "### Skipped files (1" in capsys.readouterr().out
+
+
+def test_report_on_folder_without_valid_results_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "stray" / "job").mkdir(parents=True)
+    (tmp_path / "stray" / "job" / "results.json").write_text("null")
+    for folder, expected in (("empty", "no valid results.json"), ("stray", "1 unreadable")):
+        assert report.main([str(tmp_path / folder)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error:") and expected in err
 
 
 def test_model_order():

@@ -46,7 +46,7 @@ def test_experiment_composes(name):
     cfg = compose_config([f"experiment={name}"], hydra_config=True)
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert cfg.hydra.sweep.dir == f"multirun/{name}"  # fixed: the same command resumes into the same folder
-    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${hydra.job.override_dirname}"
+    assert OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"] == "${short_dirname:${hydra.job.override_dirname}}"
     assert cfg.hydra.launcher._target_.endswith("BasicLauncher")
     values = sweep_values(OmegaConf.to_container(cfg.hydra.sweeper.params))
     keys, n_jobs = GRIDS[name]
@@ -137,7 +137,8 @@ def test_resume_and_reuse_in_process(tmp_path):
 
     def fake_run(cfg, out):
         calls.append(out.name)
-        results = {"status": "ok", "top1": 50.0 + len(calls), "params_file": "quant_params.safetensors",
+        results = {"status": "ok", "model": "fmnist_vit", "quantizer": "ptq4vit", "top1": 50.0 + len(calls),
+                   "top1_fp32": 80.0, "params_file": "quant_params.safetensors",
                    "config": OmegaConf.to_container(cfg, resolve=True)}
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results))
