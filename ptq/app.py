@@ -133,7 +133,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     results: dict = {"status": "ok", "schema_version": RESULTS_SCHEMA_VERSION, "model": cfg.model.name, "quantizer": pcfg.name, "bits_w": pcfg.w_bits,
                      "bits_a": pcfg.a_bits, "metric": pcfg.metric, "grad": pcfg.grad, "compat": pcfg.compat,
                      "top1_fp32": top1(fp_logits, labels), "top5_fp32": topk(fp_logits, labels, 5),
-                     "num_test": data.num_test, "calib_images": len(data.calib_images)}
+                     "num_test": int(labels.numel()), "calib_images": len(data.calib_images)}
     calib_seconds, eval_seconds, logits = 0.0, fp_seconds, fp_logits
     if pcfg.enabled:
         from ptq.quant import quantize_model

@@ -43,7 +43,7 @@ def summarize(folder: Path, sweep_dir: str) -> tuple[str, int]:
     line = f"multirun {sweep_dir}: {len(records)} jobs, {n_ok} ok, {len(failed)} failed"
     if failed:
         names = [Path(d).name for d in failed]
-        line += f" ({', '.join(names[:10])}{' ...' if len(names) > 10 else ''}; see their results.json)"
+        line += f": {'; '.join(names[:10])}{' ...' if len(names) > 10 else ''} (see their results.json)"
     return line, EXIT_JOBS_FAILED if failed else 0
 
 

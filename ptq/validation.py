@@ -21,8 +21,10 @@ _ABSENT = object()
 
 @dataclass(frozen=True)
 class Rule:
-    """One config key: `kind` int | number | bool | choice; `low`/`high` bounds (inclusive; `low_open`: > low);
-    `nullable`: null is valid (and means `null_means`)."""
+    """One config key: `kind` int | number | bool | choice | file | folder; `low`/`high` bounds (inclusive;
+    `low_open`: > low); `nullable`: null is valid (and means `null_means`). A file must exist, be a readable
+    non-empty file; a folder an existing readable folder (relative paths: from the current folder, then the
+    project root, as the model loader looks them up)."""
 
     key: str
     kind: str
@@ -37,6 +39,10 @@ class Rule:
     def valid_text(self) -> str:
         if self.kind == "bool":
             text = "true or false"
+        elif self.kind == "file":
+            text = "a readable, non-empty file"
+        elif self.kind == "folder":
+            text = "a readable folder"
         elif self.kind == "choice":
             text = ", ".join(self.choices)
         else:
@@ -79,6 +85,9 @@ RULES: tuple[Rule, ...] = (
     Rule("threads", "int", 1, nullable=True, null_means="cores // parallel jobs"),
     Rule("force", "bool"),
     Rule("progress", "bool"),
+    Rule("model.checkpoint", "file", nullable=True, null_means="the model's own or random weights"),
+    Rule("quantizer.load", "file", nullable=True, null_means="calibrate"),
+    # data.root: a cross check (_data_root), since Fashion-MNIST may be downloaded into a missing folder
 )
 
 
@@ -97,12 +106,34 @@ def rule_problem(rule: Rule, value: object) -> str | None:
         return None if isinstance(value, bool) else "is not a boolean"
     if rule.kind == "choice":
         return None if value in rule.choices else "is not a valid choice"
+    if rule.kind in ("file", "folder"):
+        return path_problem(str(value), rule.kind)
     if isinstance(value, bool) or not isinstance(value, (int, float) if rule.kind == "number" else int):
         return f"is not {'an integer' if rule.kind == 'int' else 'a number'}"
     if rule.low is not None and (value <= rule.low if rule.low_open else value < rule.low):
         return "is too small"
     if rule.high is not None and value > rule.high:
         return "is too large"
+    return None
+
+
+def path_problem(text: str, kind: str) -> str | None:
+    """Why `text` is not a usable file / folder, or None."""
+    import os
+
+    from ptq.models.registry import resolve_path
+
+    path = resolve_path(text)
+    if not path.exists():
+        return "does not exist"
+    if kind == "file" and not path.is_file():
+        return "is a folder, not a file" if path.is_dir() else "is not a regular file"
+    if kind == "folder" and not path.is_dir():
+        return "is a file, not a folder"
+    if not os.access(path, os.R_OK | (os.X_OK if kind == "folder" else 0)):
+        return "cannot be read (permissions)"
+    if kind == "file" and path.stat().st_size == 0:
+        return "is empty"
     return None
 
 
@@ -127,7 +158,20 @@ def _search_range(cfg: DictConfig) -> None:
                        "alpha < beta (e.g. 0.01 and 1.2)")
 
 
-CROSS_CHECKS: tuple[Callable[[DictConfig], None], ...] = (_search_range,)
+def _data_root(cfg: DictConfig) -> None:
+    """data.root must be a readable folder; a missing one is left to the Fashion-MNIST loader, which downloads
+    into it (data.download=true) or names the Debian package."""
+    root = _select(cfg, "data.root")
+    if root in (None, _ABSENT):
+        return
+    problem = path_problem(str(root), "folder")
+    if problem == "does not exist" and _select(cfg, "data.name") == "fmnist":
+        return
+    if problem:
+        raise PTQError(f"data.root={root} {problem}; valid: a readable folder, or null (the default location)")
+
+
+CROSS_CHECKS: tuple[Callable[[DictConfig], None], ...] = (_search_range, _data_root)
 
 
 def validate_config(cfg: DictConfig) -> None:
