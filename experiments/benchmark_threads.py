@@ -33,10 +33,11 @@ def sweep(threads: str, folder: Path) -> dict:
     t0 = time.time()
     proc = subprocess.run([sys.executable, "run.py", "-m", *JOB, f"threads={threads}", "hydra/launcher=joblib",
                            "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={folder}"], cwd=ROOT, capture_output=True,
-                          text=True, env=dict(os.environ, WANDB_MODE="disabled"))
+                          text=True, env=dict(os.environ, WANDB_MODE="disabled"), timeout=1200)
     wall = time.time() - t0
     if proc.returncode != 0:
         raise SystemExit(f"sweep failed: {proc.stderr[-2000:]}")
+    print(proc.stderr.strip().splitlines()[-1], flush=True)  # the multirun's summary line
     results = [json.loads(p.read_text()) for p in sorted(folder.rglob("results.json"))]
     return {"wall": wall, "calib": [r["calib_seconds"] for r in results], "load": (load_before, os.getloadavg()[0]),
             "threads": sorted({r["env"]["torch_threads"] for r in results})}
@@ -49,7 +50,8 @@ def main() -> None:
         for label, threads in ((f"split: threads=null ({max(1, cores // 2)} per job)", "null"),
                                (f"no split: threads={cores} per job", str(cores))):
             r = sweep(threads, Path(tmp) / threads)
-            rows.append(f"| {label} | {', '.join(map(str, r['threads']))} | {' / '.join(f'{c:.1f}' for c in r['calib'])} | {r['wall']:.1f} | "
+            calib = " / ".join(f"{c:.1f}" for c in r["calib"])
+            rows.append(f"| {label} | {', '.join(map(str, r['threads']))} | {calib} | {r['wall']:.1f} | "
                         f"{r['load'][0]:.1f} → {r['load'][1]:.1f} |")
             print(rows[-1], flush=True)
     text = "\n".join([

@@ -130,8 +130,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
              sum(p.numel() for p in model.parameters()) / 1e6, device, len(data.calib_images), data.num_test)
 
     fp_logits, labels, fp_seconds = float_logits(model, data, cfg, device, progress)
-    results: dict = {"status": "ok", "schema_version": RESULTS_SCHEMA_VERSION, "model": cfg.model.name, "quantizer": pcfg.name, "bits_w": pcfg.w_bits,
-                     "bits_a": pcfg.a_bits, "metric": pcfg.metric, "grad": pcfg.grad, "compat": pcfg.compat,
+    results: dict = {"status": "ok", "schema_version": RESULTS_SCHEMA_VERSION, "model": cfg.model.name,
+                     "quantizer": pcfg.name, "bits_w": pcfg.w_bits, "bits_a": pcfg.a_bits, "metric": pcfg.metric,
+                     "grad": pcfg.grad, "compat": pcfg.compat,
                      "top1_fp32": top1(fp_logits, labels), "top5_fp32": topk(fp_logits, labels, 5),
                      "num_test": int(labels.numel()), "calib_images": len(data.calib_images)}
     calib_seconds, eval_seconds, logits = 0.0, fp_seconds, fp_logits

@@ -42,8 +42,8 @@ def holder(path: Path) -> dict:
 
 
 def _open_locked(path: Path, wait: bool) -> int | None:
-    """An fd holding the flock on `path` (the file at `path` now, not one unlinked meanwhile), or None when it is
-    held and `wait` is false."""
+    """An fd holding the flock on `path` (the file at `path` now, not one unlinked meanwhile), None when it is
+    held and `wait` is false, -1 when the file system cannot lock."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -51,6 +51,11 @@ def _open_locked(path: Path, wait: bool) -> int | None:
         except BlockingIOError:
             os.close(fd)
             return None
+        except OSError as e:  # a file system without flock (some network mounts): run unlocked, say so
+            os.close(fd)
+            log.warning("job folder lock %s not available (%s): two sweeps into this folder may repeat a job", path,
+                        e.strerror or e)
+            return -1
         except BaseException:
             os.close(fd)
             raise
@@ -61,6 +66,15 @@ def _open_locked(path: Path, wait: bool) -> int | None:
         if same:
             return fd
         os.close(fd)  # the holder removed the file while we waited: lock the new one
+
+
+def _holder_text(path: Path) -> str:
+    who = holder(path)
+    pid = who.get("pid")
+    if not isinstance(pid, int):
+        return "another process"
+    here = who.get("host") == socket.gethostname()
+    return f"pid {pid} on {who.get('host')}" + ("" if not here or pid_alive(pid) else " (no longer running)")
 
 
 @contextlib.contextmanager
@@ -75,12 +89,11 @@ def job_lock(folder: Path | None) -> Iterator[None]:
     path = folder / LOCK_FILE
     fd = _open_locked(path, wait=False)
     if fd is None:
-        who = holder(path)
-        pid = who.get("pid")
-        alive = isinstance(pid, int) and who.get("host") == socket.gethostname() and pid_alive(pid)
-        log.info("job folder %s is locked by %s: waiting for it to finish", folder,
-                 f"pid {pid} on {who.get('host')}" + ("" if alive else " (not running here)") if who else "another process")
+        log.info("job folder %s is locked by %s: waiting for it to finish", folder, _holder_text(path))
         fd = _open_locked(path, wait=True)
+    if fd == -1:
+        yield
+        return
     try:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
