@@ -107,7 +107,7 @@ def rule_problem(rule: Rule, value: object) -> str | None:
     if rule.kind == "choice":
         return None if value in rule.choices else "is not a valid choice"
     if rule.kind in ("file", "folder"):
-        return path_problem(str(value), rule.kind)
+        return path_problem(str(value), rule.kind) if str(value) else None  # "" means none, like null
     if isinstance(value, bool) or not isinstance(value, (int, float) if rule.kind == "number" else int):
         return f"is not {'an integer' if rule.kind == 'int' else 'a number'}"
     if rule.low is not None and (value <= rule.low if rule.low_open else value < rule.low):
