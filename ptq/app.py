@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,12 +20,11 @@ from ptq.data import build_data
 from ptq.env import environment, resolve_device
 from ptq.evaluate import agreement, evaluate_logits, kl_to_reference, top1, topk
 from ptq.models import build_model
+from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION  # results.json's name and layout version
+from ptq.validation import validate_config
 
 log = logging.getLogger("ptq")
 
-RESULTS_FILE = "results.json"
-# 2: the typed schema with operand slots (quantizer.slots.*), ptq_config.slots; 1 (no field): before it
-RESULTS_SCHEMA_VERSION = 2
 PARAMS_FILE = "quant_params.safetensors"
 
 
@@ -35,10 +35,16 @@ def seed_everything(seed: int) -> None:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write JSON through a uniquely named temporary file and a rename, so a crash never leaves half a file and
+    concurrent writers (two sweeps, threads) never share a temporary file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def resolved_config(cfg: DictConfig) -> dict:
@@ -91,19 +97,27 @@ def float_logits(model, data, cfg: DictConfig, device: torch.device, progress: b
     return _FP32_CACHE[key]
 
 
+def check_config(cfg: DictConfig):
+    """Every check that needs no model or data, before any work (and before a sweep looks at earlier results):
+    types, ranges and cross-field rules (ptq/validation.py), the method (quantizer / metric / bits), the logger.
+    Returns the resolved quantization config."""
+    from ptq.loggers import logger_name
+    from ptq.quant.config import resolve_ptq_config
+
+    validate_config(cfg)
+    pcfg = resolve_ptq_config(cfg)
+    logger_name(cfg)
+    return pcfg
+
+
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     """Evaluate the configured model (float, or quantized by the configured method) and return the results.
 
     Writes `results.json` (and the calibrated parameters) into `output_dir` when given. Raises PTQError on bad
     input before anything is written.
     """
-    from ptq.quant.config import resolve_ptq_config
-
     out = Path(output_dir) if output_dir is not None else None
-    pcfg = resolve_ptq_config(cfg)  # validates quantizer / metric / bits before any work
-    from ptq.loggers import logger_name
-
-    logger_name(cfg)  # validates the logger before any work
+    pcfg = check_config(cfg)
     device = resolve_device(cfg.get("device", "auto"))
     seed_everything(int(cfg.seed))
     progress = bool(cfg.get("progress", True))
@@ -116,10 +130,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
 
     fp_logits, labels, fp_seconds = float_logits(model, data, cfg, device, progress)
     results: dict = {"status": "ok", "schema_version": RESULTS_SCHEMA_VERSION, "model": cfg.model.name,
-                     "quantizer": pcfg.name, "bits_w": pcfg.w_bits,
-                     "bits_a": pcfg.a_bits, "metric": pcfg.metric, "grad": pcfg.grad, "compat": pcfg.compat,
+                     "quantizer": pcfg.name, "bits_w": pcfg.w_bits, "bits_a": pcfg.a_bits, "metric": pcfg.metric,
+                     "grad": pcfg.grad, "compat": pcfg.compat,
                      "top1_fp32": top1(fp_logits, labels), "top5_fp32": topk(fp_logits, labels, 5),
-                     "num_test": data.num_test, "calib_images": len(data.calib_images)}
+                     "num_test": int(labels.numel()), "calib_images": len(data.calib_images)}
     calib_seconds, eval_seconds, logits = 0.0, fp_seconds, fp_logits
     if pcfg.enabled:
         from ptq.quant import quantize_model
@@ -150,11 +164,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         "data": data.info,
     })
     results["drop"] = results["top1_fp32"] - results["top1"]
+    from ptq.loggers import log_run, mark_pending
+
+    mark_pending(cfg, results)  # W&B logging is a step of its own: a kill during it is redone on resume
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         write_json_atomic(out / RESULTS_FILE, results)
-    from ptq.loggers import log_run
-
     log_run(cfg, results, out)
     return results
 

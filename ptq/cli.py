@@ -12,14 +12,19 @@ from omegaconf import DictConfig
 
 import ptq.schema  # noqa: F401  (registers the typed config schema before Hydra composes)
 from ptq.errors import PTQError
-from ptq.run_dir import remove_created
+from ptq.job_lock import job_lock
+from ptq.multirun import record_outcome
+from ptq.run_dir import first_missing, remove_created
 
 log = logging.getLogger("ptq")
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("model", "data", "quantizer", "metric", "bits", "calib", "logger", "experiment")
 
 
-def fail(message: str, code: int = 2) -> None:
+EXIT_BAD_INPUT, EXIT_UNEXPECTED = 2, 1  # exit codes; a multirun with failed jobs: ptq.multirun.EXIT_JOBS_FAILED
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     print(f"error: {' '.join(message.split())}", file=sys.stderr)
     sys.exit(code)
 
@@ -64,12 +69,26 @@ def _unknown_key_message(key: str, line: str, overrides: list[str]) -> str:
             f"(a new key is added with +{key}={value})")
 
 
+def _type_error_message(error, parsed) -> str:
+    """`seed=abc` refused by the typed schema -> one line naming the key, the value and what is valid."""
+    from ptq.validation import valid_text
+
+    key = str(error.full_key)
+    value = next((o.input_line.split("=", 1)[1] for o in parsed if o.key_or_group == key and o.input_line),
+                 str(getattr(error, "value", "?")))
+    expected = re.search(r"converted to (\w+)|not a valid (\w+)", str(error))
+    kinds = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "bool": "true or false"}
+    name = (expected.group(1) or expected.group(2)) if expected else ""
+    wanted = kinds.get(name, name or "another type")
+    return f"{key}={value} is not {wanted}; valid: {valid_text(key) or wanted}"
+
+
 def check_overrides(overrides: list[str]) -> None:
     """Compose the config with the command-line overrides (one job, no sweep) and turn Hydra's multi-line
     composition errors (unknown key, parse error, missing option) into one line."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
@@ -78,7 +97,7 @@ def check_overrides(overrides: list[str]) -> None:
     if any(o.is_sweep_override() for o in parsed):
         return  # a grid: every job is checked by Hydra when it starts, failures are recorded per job
     try:
-        compose_config(overrides, hydra_config=True)
+        cfg = compose_config(overrides, hydra_config=True)
     except MissingConfigException as e:
         fail(_first_lines(str(e)))
     except ConfigCompositionException as e:
@@ -87,10 +106,35 @@ def check_overrides(overrides: list[str]) -> None:
             key = m.group(1)
             line = next((o.input_line for o in parsed if o.key_or_group == key), key)
             fail(_unknown_key_message(key, line, overrides))
+        if isinstance(e.__cause__, ValidationError) and getattr(e.__cause__, "full_key", None):
+            fail(_type_error_message(e.__cause__, parsed))
         cause = f": {_first_lines(str(e.__cause__))}" if e.__cause__ else ""
         fail(f"{_first_lines(str(e)).removesuffix('.')}{cause}")
     except Exception as e:  # noqa: BLE001 - anything else Hydra rejects while composing
         fail(f"config cannot be composed ({type(e).__name__}): {_first_lines(str(e))}")
+    check_writable(cfg)
+
+
+def check_writable(cfg: DictConfig) -> None:
+    """hydra.run.dir must be creatable: its nearest existing folder must accept a new entry (probed with a
+    temporary folder, removed at once), else Hydra fails with a traceback before the job starts."""
+    import tempfile
+
+    from omegaconf import OmegaConf
+
+    run_dir = OmegaConf.select(cfg, "hydra.run.dir")
+    if run_dir is None:
+        return
+    path = Path(str(run_dir)).absolute()
+    top = first_missing(path)
+    existing = path if top is None else top.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
+        Path(tempfile.mkdtemp(prefix=".ptq-write-check-", dir=existing)).rmdir()
+    except OSError as e:
+        fail(f"hydra.run.dir={run_dir} cannot be written ({type(e).__name__}: {e.strerror or e}); valid: a folder "
+             "this user may create files in")
 
 
 def model_aliases() -> dict[str, str]:
@@ -165,13 +209,37 @@ def _output_dir() -> Path | None:
         return None
 
 
+def parallel_jobs() -> int:
+    """How many jobs run at once in this process's sweep: hydra.launcher.n_jobs under the joblib launcher (joblib's
+    negative counts: -1 = all cores, -2 = all but one ...), else 1."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from ptq.env import available_cores
+
+    try:
+        launcher = HydraConfig.get().launcher
+    except Exception:  # noqa: BLE001 - outside a Hydra job
+        return 1
+    if "joblib" not in str(launcher.get("_target_", "")).lower():
+        return 1
+    n_jobs = launcher.get("n_jobs") or 1
+    return max(1, available_cores() + 1 + n_jobs if n_jobs < 0 else n_jobs)
+
+
+def default_threads() -> int:
+    """Torch threads of one job: the cores available to the process divided by the jobs running at once
+    (oversubscribed threads wait on each other at every small operation)."""
+    from ptq.env import available_cores
+
+    return max(1, available_cores() // parallel_jobs())
+
+
 def apply_threads(cfg: DictConfig) -> None:
-    """`threads=N`: N torch (and OpenMP/MKL, for child processes) threads in this job. null keeps the default,
-    which under hydra/launcher=joblib is already cores // n_jobs per worker (joblib sets OMP_NUM_THREADS)."""
+    """`threads=N`: N torch (and OpenMP/MKL, for child processes) threads in this job; null: `default_threads()`."""
     n = cfg.get("threads")
     if n is None:
-        return
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        n = default_threads()
+    elif not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise PTQError(f"threads={n} is impossible; valid: null or an integer >= 1")
     import torch
 
@@ -192,26 +260,32 @@ def _after_failure(out: Path | None) -> str:
 def run_job(cfg: DictConfig) -> float | None:
     """Run one job. Single run: a one-line error and exit 2 on bad input, and the run folder removed. Multirun:
     the failure is recorded as `status: failed` in results.json and the sweep goes on."""
-    from ptq.app import run, summary_table
-    from ptq.sweep import run_with_resume
+    from ptq.app import check_config, run, summary_table
+    from ptq.sweep import record_failure, run_with_resume
 
     out = _output_dir()
     multirun = _is_multirun()
-    try:
-        apply_threads(cfg)
-        results = run_with_resume(run, cfg, out, reuse_siblings=multirun)
-    except Exception as e:  # noqa: BLE001 - every failure ends in a record (sweep) or one line (single run)
-        if multirun:
-            from ptq.sweep import record_failure
-
-            record_failure(cfg, out, e)
-            log.error("job failed: %s", e)
+    error: Exception | None = None
+    with job_lock(out):  # two sweeps into one folder: the second waits, then finds the results
+        try:
+            check_config(cfg)  # bad input is rejected before any earlier result is looked at
+            apply_threads(cfg)
+            results = run_with_resume(run, cfg, out, reuse_siblings=multirun)
+        except Exception as e:  # noqa: BLE001 - every failure ends in a record (sweep) or one line (single run)
+            error = e
+            if multirun:
+                record_failure(cfg, out, e)
+    if multirun:
+        record_outcome(out, error)
+        if error is not None:
+            log.error("job failed: %s", error)
             return None
+    elif error is not None:
         where = _after_failure(out)
-        if isinstance(e, PTQError):
-            fail(f"{e}{where}")
-        traceback.print_exc()
-        fail(f"{type(e).__name__}: {e}{where}", code=1)
+        if isinstance(error, PTQError):
+            fail(f"{error}{where}")
+        traceback.print_exception(error)
+        fail(f"{type(error).__name__}: {error}{where}", code=EXIT_UNEXPECTED)
     print(summary_table(results))
     if out is not None:
         print(f"  results      {out / 'results.json'}")

@@ -1,6 +1,7 @@
 """What a result needs to be reproducible: library versions, project commit, device."""
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -63,3 +64,11 @@ def environment(device: torch.device | str = "cpu") -> dict:
         "torch_threads": torch.get_num_threads(),
         "hostname": platform.node(),
     }
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: taskset, SLURM, containers), not the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -31,9 +31,10 @@ from pathlib import Path
 import pandas as pd
 
 from ptq.reference_results import ABLATION_ROWS, ablation_flags, ablation_reference, base_model_name, table1_reference
+from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION
+from ptq.results_file import read_results as load_results_file
 
-RESULTS_FILE = "results.json"
-SCHEMA_VERSIONS = (1, 2)  # results.json versions this report reads; a file without schema_version is version 1
+SCHEMA_VERSIONS = tuple(range(1, RESULTS_SCHEMA_VERSION + 1))  # versions this report reads (no field: version 1)
 FORMATS = ("md", "csv", "tex")
 LAYOUTS = ("auto", "main", "ablation", "metrics")
 # Display names of the quantizer presets (conf/quantizer/); any other preset is shown by its name.
@@ -175,24 +176,14 @@ def find_results(paths) -> list[tuple[Path, Path]]:
 
 
 def read_results(paths) -> tuple[list[dict], list[dict]]:
-    """(records, unreadable): one record per readable results.json under `paths`; every other file as
-    {"file", "reason"} (not JSON, not an object, a config that is not an object, an unknown schema_version)."""
+    """(records, unreadable): one record per trustworthy results.json under `paths` (ptq/results_file.py, any
+    schema version up to this code's); every other file as {"file", "reason"} (not JSON, not an object, missing or
+    mistyped fields, an unknown schema_version)."""
     rows, unreadable = [], []
     for path, root in find_results(paths):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            unreadable.append({"file": str(path), "reason": f"not JSON: {' '.join(str(e).split())}"})
-            continue
-        if schema_version(data) is None:
-            if not isinstance(data, dict):
-                reason = f"holds {type(data).__name__ if data is not None else 'null'}, not an object"
-            elif not isinstance(data.get("config", {}), dict):
-                reason = f"config is {type(data['config']).__name__}, not an object"
-            else:
-                reason = (f"schema_version {data.get('schema_version')!r} unknown; this report reads "
-                          f"{', '.join(map(str, SCHEMA_VERSIONS))}")
-            unreadable.append({"file": str(path), "reason": reason})
+        data, problem = load_results_file(path, range(1, RESULTS_SCHEMA_VERSION + 1))
+        if data is None:
+            unreadable.append({"file": str(path), "reason": problem})
             continue
         rows.append(record(path, data, root))
     return rows, unreadable

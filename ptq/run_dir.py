@@ -10,6 +10,7 @@ own folder), it removes nothing and says where the log is.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -17,6 +18,24 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+NAME_LIMIT_BYTES = 200  # file systems allow 255 bytes per name; room is left for the job number prefix
+
+
+def short_dirname(name: str, limit: int = NAME_LIMIT_BYTES) -> str:
+    """A job folder name from Hydra's override_dirname: unchanged when it fits the file system's name limit, else
+    its beginning and a hash of the whole (the full overrides stay in the job's .hydra/overrides.yaml)."""
+    name = str(name)
+    if all(len(part.encode()) <= limit for part in name.split("/")):
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:12]
+    head = name.replace("/", "_").encode()[:limit - len(digest) - 1].decode(errors="ignore")
+    return f"{head}_{digest}"
+
+
+# Hydra resolves the sweep subfolder inside each job (in launcher workers too, which import this module when they
+# unpickle the callbacks), as ${short_dirname:${hydra:job.override_dirname}}.
+OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
 
 # resolved run folder -> the topmost folder this run creates (None: the run folder existed already)
 _CREATED: dict[Path, Path | None] = {}

@@ -1,4 +1,5 @@
-"""The typed schema of `conf/config.yaml`: every key of every config group and its default, stated once.
+"""The typed schema of `conf/config.yaml`: every key of every config group and its default, stated once (value
+ranges and cross-field rules: ptq/validation.py, beside it).
 
 Registered in Hydra's ConfigStore as `config_schema` and placed first in config.yaml's defaults list, so every
 YAML file and every command-line override is merged into these dataclasses: a misspelt or unknown key anywhere is
@@ -41,6 +42,7 @@ class DataConfig:
     workers: int = 8                                         # image folders: DataLoader workers
     max_test: int | None = None                           # evaluate on the first N test images (null = all)
     transform: dict[str, Any] = field(default_factory=dict)  # image folders: overrides of timm's eval transform
+    on_bad_file: str = "error"                               # image folders: error (names the file) | skip
 
 
 @dataclass
@@ -163,11 +165,37 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     force: bool = False              # re-run even when results.json with the same config exists
     progress: bool = True
-    threads: int | None = None    # torch threads per job (null: torch's default)
+    threads: int | None = None    # torch threads per job (null: available cores // jobs run at once by joblib)
+
+
+@dataclass
+class TrainSettings:
+    """`python -m ptq.train` (conf/train.yaml): the test-bed models' training schedule."""
+
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 2.0e-3
+    min_lr: float = 1.0e-5
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    augment: bool = False            # random 2-px shift + horizontal flip
+    seed: int = 0
+    threads: int | None = None       # torch threads (null = torch default)
+    out: str = MISSING               # where the trained state dict goes
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    calib: CalibConfig = field(default_factory=CalibConfig)
 
 
 def register() -> None:
     ConfigStore.instance().store(name="config_schema", node=Config)
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
 register()

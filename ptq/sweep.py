@@ -1,17 +1,22 @@
 """Sweep bookkeeping: skip jobs whose results already exist for the same config, reuse the results of a sibling
-job whose config differs only in unused settings, record failures."""
+job whose config differs only in unused settings, record failures.
+
+Only a trustworthy results.json (ptq/results_file.py: parses, has the fields of its status and this code's schema
+version) counts: a job's own untrusted file is renamed aside and the job runs again; an untrusted sibling file is
+ignored (it belongs to another job, which sets it aside when it runs)."""
 from __future__ import annotations
 
 import copy
-import json
 import logging
+import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ptq.app import RESULTS_FILE, resolved_config, write_json_atomic
+from ptq.app import RESULTS_FILE, RESULTS_SCHEMA_VERSION, resolved_config, write_json_atomic
+from ptq.results_file import move_aside, read_results
 
 log = logging.getLogger("ptq")
 IGNORED_KEYS = ("force", "progress", "threads")
@@ -48,12 +53,15 @@ def effective_config(config: dict) -> dict:
 
 
 def existing_results(cfg: DictConfig, out: Path | None) -> dict | None:
-    """The results.json in `out` if it finished ok for the same resolved config."""
-    if out is None or not (out / RESULTS_FILE).is_file():
+    """The results.json in `out` if it finished ok for the same resolved config. An untrusted file is renamed
+    aside (kept) so that the job runs again."""
+    path = out / RESULTS_FILE if out is not None else None
+    if path is None or not os.path.lexists(path):
         return None
-    try:
-        old = json.loads((out / RESULTS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+    old, problem = read_results(path)
+    if old is None:
+        aside = move_aside(path)
+        log.warning("%s %s: moved aside to %s, the job runs again", path, problem, aside.name)
         return None
     if old.get("status") == "ok" and _comparable(old.get("config", {})) == _comparable(resolved_config(cfg)):
         return old
@@ -69,11 +77,8 @@ def equivalent_results(cfg: DictConfig, out: Path | None) -> tuple[Path, dict] |
     for path in sorted(out.parent.glob(f"*/{RESULTS_FILE}")):
         if path.parent == out:
             continue
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if old.get("status") == "ok" and effective_config(old.get("config", {})) == mine:
+        old, _ = read_results(path)
+        if old is not None and old.get("status") == "ok" and effective_config(old.get("config", {})) == mine:
             return path.parent, old
     return None
 
@@ -81,17 +86,19 @@ def equivalent_results(cfg: DictConfig, out: Path | None) -> tuple[Path, dict] |
 def run_with_resume(run: Callable, cfg: DictConfig, out: Path | None, reuse_siblings: bool = False) -> dict:
     """Skip the job when `out` holds results for the same config (unless force=true). With `reuse_siblings` (in
     sweeps), copy the results of a sibling job whose config differs only in settings the job does not use; the
-    copy records `duplicate_of` and is not logged again."""
+    copy records `duplicate_of` and is not logged again. A skipped job whose W&B record was never completed is
+    logged now from its results.json."""
     if not cfg.get("force", False):
         old = existing_results(cfg, out)
         if old is not None:
             log.info("results exist for this config in %s: skipped (force=true re-runs)", out)
+            _complete_logging(cfg, old, out)
             return old
         found = equivalent_results(cfg, out) if reuse_siblings else None
         if found is not None:
             source, old = found
             log.info("same effective config as %s: its results reused (force=true re-runs)", source.name)
-            results = {k: v for k, v in old.items() if k != "params_file"}
+            results = {k: v for k, v in old.items() if k not in ("params_file", "wandb")}
             results.update(config=resolved_config(cfg), duplicate_of=source.name)
             out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(out / RESULTS_FILE, results)
@@ -99,10 +106,19 @@ def run_with_resume(run: Callable, cfg: DictConfig, out: Path | None, reuse_sibl
     return run(cfg, out)
 
 
+def _complete_logging(cfg: DictConfig, results: dict, out: Path | None) -> None:
+    from ptq.loggers import log_run, needs_logging, set_incomplete_aside
+
+    if needs_logging(cfg, results):
+        log.info("the W&B record of %s was not completed: logging it from results.json", out)
+        set_incomplete_aside(out)
+        log_run(cfg, results, out)
+
+
 def record_failure(cfg: DictConfig, out: Path | None, error: BaseException) -> None:
     if out is None:
         return
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / RESULTS_FILE, {
-        "status": "failed", "error": f"{type(error).__name__}: {error}",
+        "status": "failed", "schema_version": RESULTS_SCHEMA_VERSION, "error": f"{type(error).__name__}: {error}",
         "traceback": traceback.format_exception(error)[-5:], "config": resolved_config(cfg)})

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+import ptq.schema  # noqa: F401  (registers the typed config schemas before Hydra composes)
 from ptq.data import fashion_mnist as fm
 from ptq.env import environment
 from ptq.evaluate import evaluate_logits, top1

@@ -161,3 +161,25 @@ def test_testbed_checkpoint_accuracy(compose, model):
     results = run(compose([f"model={model}", *FAST]))
     assert results["num_test"] == 10000
     assert abs(results["top1"] - expected) <= 0.0101, (results["top1"], expected)
+
+
+@pytest.mark.slow
+def test_wandb_run_carries_the_calibration_table(compose, tmp_path, monkeypatch):
+    """A quantized job's W&B run holds its per-layer calibration record (layer, operand, quantizer, chosen
+    parameter, score, seconds) as a Table, row for row what results.json records."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose(["quantizer=ptq4vit", "calib.n_images=2", "quantizer.search.n=2", "quantizer.search.rounds=1",
+                   "+quantizer.slots.softmax.options.m_max=2", "data.max_test=64", "logger=wandb", "progress=false"])
+    results = run(cfg, tmp_path / "job")
+    records = results["calibration"]["records"]
+    # 4 blocks x (qkv, proj, fc1, fc2: weight + input; two matmuls: 2 operands) + head (2) + patch conv (weight)
+    assert len(records) == 4 * (4 * 2 + 2 * 2) + 2 + 1
+    (offline,) = (tmp_path / "job" / "wandb").glob("offline-run-*")
+    (table_file,) = (offline / "files" / "media" / "table").glob("calibration_*.table.json")
+    table = json.loads(table_file.read_text())
+    assert table["columns"] == ["layer", "operand", "quantizer", "param", "score", "candidates", "seconds"]
+    assert len(table["data"]) == len(records)
+    first = dict(zip(table["columns"], table["data"][0]))
+    assert (first["layer"], first["operand"], first["quantizer"]) == (records[0]["layer"], records[0]["operand"],
+                                                                      records[0]["quantizer"])
+    assert json.loads(first["param"]) == records[0]["param"]

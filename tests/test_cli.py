@@ -108,19 +108,7 @@ BAD_INPUTS = {
 }
 
 
-@pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input(tmp_path, monkeypatch, capsys, case):
-    args, expected = BAD_INPUTS[case]
-    base = [*FAST, "data.max_test=100"]
-    if isinstance(args, str):  # a checkpoint case: the file is written first
-        path = _checkpoint(tmp_path, args)
-        args, expected = [f"model.checkpoint={path}"], [str(path), *expected]
-    else:
-        base.append("model.checkpoint=null")
-    out = tmp_path / "run"
-    code, _, err = run_in_process([*base, *args, f"hydra.run.dir={out}"], monkeypatch, capsys)
-    assert_one_line_error(code, err, *expected)
-    assert not out.exists() and not list(tmp_path.rglob("results.json"))
+# Every bad input above is run by tests/test_bad_inputs.py (the catalogue).
 
 
 # -- a failed run removes only what it created (never a folder that existed before it) ---------------------------

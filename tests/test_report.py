@@ -189,7 +189,9 @@ def test_metrics_layout_by_hand(tmp_path):
 
 
 @pytest.mark.parametrize("content", ["{not json", "null", "[]", "42", '"text"', '{"config": [1]}',
-                                     '{"schema_version": 99, "config": {}}', '{"schema_version": "2"}'])
+                                     '{"schema_version": 99, "config": {}}', '{"schema_version": "2"}',
+                                     '{"status": "ok"}', '{"status": "done"}',
+                                     '{"status": "ok", "schema_version": 99}'])
 def test_unreadable_results_are_skipped_and_listed(tmp_path, content, capsys):
     d = tmp_path / "broken"
     write_job(d / "ok", "fmnist_vit", "ptq4vit", 8, 88.0)

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from ptq.cli import apply_threads, compose_config
 from ptq.errors import PTQError
 from ptq.quant.config import resolve_ptq_config
+from ptq.results_file import RESULTS_SCHEMA_VERSION
 from ptq.sweep import effective_config, run_with_resume
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -26,7 +27,7 @@ GRIDS = {
     "outliers": ({"model", "model/outliers", "quantizer", "bits", "calib.seed"}, 72),
 }
 # Job folder names: the overrides, and for the outlier grid its profile (a group override would put a slash in).
-SUBDIRS = {"outliers": "${hydra.job.override_dirname},outliers=${model.outliers.profile}"}
+SUBDIRS = {"outliers": "${short_dirname:'${hydra.job.override_dirname},outliers=${model.outliers.profile}'}"}
 
 
 def sweep_values(params: dict) -> dict[str, list[str]]:
@@ -52,7 +53,7 @@ def test_experiment_composes(name):
     assert str(cfg.hydra.mode) == "RunMode.MULTIRUN"
     assert cfg.hydra.sweep.dir == f"multirun/{name}"  # fixed: the same command resumes into the same folder
     assert (OmegaConf.to_container(cfg.hydra.sweep, resolve=False)["subdir"]
-            == SUBDIRS.get(name, "${hydra.job.override_dirname}"))
+            == SUBDIRS.get(name, "${short_dirname:${hydra.job.override_dirname}}"))
     assert cfg.hydra.launcher._target_.endswith("BasicLauncher")
     values = sweep_values(OmegaConf.to_container(cfg.hydra.sweeper.params))
     keys, n_jobs = GRIDS[name]
@@ -144,7 +145,9 @@ def test_resume_and_reuse_in_process(tmp_path):
 
     def fake_run(cfg, out):
         calls.append(out.name)
-        results = {"status": "ok", "top1": 50.0 + len(calls), "params_file": "quant_params.safetensors",
+        results = {"status": "ok", "schema_version": RESULTS_SCHEMA_VERSION, "model": "fmnist_vit",
+                   "quantizer": "ptq4vit", "top1": 50.0 + len(calls),
+                   "top1_fp32": 80.0, "params_file": "quant_params.safetensors",
                    "config": OmegaConf.to_container(cfg, resolve=True)}
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results))

@@ -16,11 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run_py(*args: str) -> subprocess.CompletedProcess:
+def run_py(*args: str, code: int = 0) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_MODE="disabled", HYDRA_FULL_ERROR="1")
     proc = subprocess.run([sys.executable, "run.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=240)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == code, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -34,7 +34,8 @@ def test_experiment_runs_reuses_fails_and_resumes(tmp_path, capsys):
     # (null) and a missing file, so half of the jobs fail.
     cmd = ["experiment=table1", "quantizer=fp32", "model.checkpoint=null,missing.safetensors", "data.max_test=200",
            "logger=none", "progress=false", f"hydra.sweep.dir={sweep}"]
-    run_py(*cmd)
+    proc = run_py(*cmd, code=3)  # some jobs failed: a multirun exits non-zero, with a summary line
+    assert f"multirun {sweep}: 4 jobs, 2 ok, 2 failed: " in proc.stderr
     first = results(sweep)
     assert len(first) == 4 and all(n.startswith("bits=w") and "quantizer=fp32" in n for n in first)  # overrides
     ok = {n: r for n, r in first.items() if r["status"] == "ok"}
@@ -47,7 +48,7 @@ def test_experiment_runs_reuses_fails_and_resumes(tmp_path, capsys):
     assert copy["top1"] == ok[copy["duplicate_of"]]["top1"] and copy["config"]["bits"]["w"] == 6
     stamps = {n: (sweep / n / "results.json").stat().st_mtime_ns for n in ok}
 
-    proc = run_py(*cmd)  # the same command again: the finished jobs are skipped, the failed ones retried
+    proc = run_py(*cmd, code=3)  # the same command again: the finished jobs are skipped, the failed ones retried
     assert {n: (sweep / n / "results.json").stat().st_mtime_ns for n in ok} == stamps
     assert (proc.stdout + proc.stderr).count("skipped (force=true re-runs)") == 2
     assert [r["status"] for r in results(sweep).values()].count("failed") == 2

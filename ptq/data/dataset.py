@@ -63,31 +63,51 @@ def _fmnist(cfg, model) -> DataBundle:
 def _imagenet(cfg, model) -> DataBundle:
     from torch.utils.data import DataLoader, Subset
 
-    from ptq.data.image_folder import eval_transform, image_folder
+    from ptq.data.image_folder import BadFiles, built_input_size, eval_transform, image_folder
 
     root = cfg.data.get("root")
     if not root:
         raise PTQError("data=imagenet needs data.root=PATH (a folder with train/ and val/ class folders)")
+    size = built_input_size(model) if model is not None else None
+    if size is not None and size[0] != 3:
+        raise PTQError(f"model {cfg.model.name} expects {size[0]}x{size[1]}x{size[2]} images but data=imagenet gives "
+                       f"3-channel RGB images (3x{size[1]}x{size[2]} after the model's transform); valid: a 3-channel "
+                       "model (e.g. model=deit_s_224), or data=fmnist for the test-bed models")
+    bad_files = BadFiles(str(cfg.data.get("on_bad_file", "error")))
     transform, data_cfg = eval_transform(model, cfg.data.get("transform") or {})
     train = image_folder(root, cfg.data.get("train_split", "train"), transform)
     val = image_folder(root, cfg.data.get("val_split", "val"), transform, train.class_to_idx)
     idx = calibration_indices(len(train), cfg.calib.n_images, cfg.calib.seed)
-    calib = [train[int(i)] for i in idx]
+    calib = bad_files.keep([train[int(i)] for i in idx])
+    if not calib:
+        raise PTQError(f"every calibration image of {root} is corrupt; valid: readable images")
     calib_x = torch.stack([c[0] for c in calib])
     calib_y = torch.tensor([c[1] for c in calib], dtype=torch.long)
     max_test = cfg.data.get("max_test")
     if max_test and max_test < len(val):  # evenly spaced over the sorted split: every class, not the first ones
         val = Subset(val, (np.arange(max_test) * len(val) // max_test).tolist())
-    workers = int(cfg.data.get("workers", 4))
+    workers = loader_workers(int(cfg.data.get("workers", 4)))
 
     def batches(bs: int):
-        loader = DataLoader(val, batch_size=bs, shuffle=False, num_workers=workers,
+        loader = DataLoader(val, batch_size=bs, shuffle=False, num_workers=workers, collate_fn=bad_files.collate,
                             pin_memory=torch.cuda.is_available(), persistent_workers=False)
-        yield from loader
+        for batch, bad in loader:
+            bad_files.keep(bad)
+            if batch is not None:
+                yield batch
+        info["skipped_files"] = sorted(set(bad_files.skipped))
 
     info = {"root": str(root), "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_cfg.items()},
-            "num_train": len(train), "classes": len(train.classes), "calib_indices": idx.tolist()}
+            "num_train": len(train), "classes": len(train.classes), "calib_indices": idx.tolist(),
+            "workers": workers, "skipped_files": list(bad_files.skipped)}
     return DataBundle("imagenet", calib_x, calib_y, len(val), len(train.classes), batches, info)
+
+
+def loader_workers(requested: int) -> int:
+    """DataLoader workers: the requested number, at most the available cores (more only wait on each other)."""
+    from ptq.env import available_cores
+
+    return max(0, min(requested, available_cores()))
 
 
 def build_data(cfg, model: torch.nn.Module | None = None) -> DataBundle:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +41,12 @@ def _find(root: Path, stem: str) -> Path | None:
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # truncated or corrupt archive, unreadable file
+        raise PTQError(f"data file {path} is corrupt or unreadable ({type(e).__name__}: {e}); valid: an IDX file, "
+                       f"gzipped or not (re-download it, or point data.root at a good copy)") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise PTQError(f"data file {path} is not an IDX uint8 file")
     ndim = data[3]

@@ -5,6 +5,8 @@ std), as in the paper's evaluation; calibration images use that same eval transf
 """
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,6 +15,8 @@ from torchvision.datasets import ImageFolder
 
 from ptq.errors import PTQError
 
+log = logging.getLogger("ptq")
+BAD_FILE_POLICIES = ("error", "skip")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 
 
@@ -40,8 +44,61 @@ def eval_transform(model: torch.nn.Module, overrides: dict | None = None):
     return create_transform(**data_cfg, is_training=False), data_cfg
 
 
+@dataclass(frozen=True)
+class BadFile:
+    """Stands for an image that could not be decoded; DataLoader workers return it instead of raising, so that
+    the main process names the file in one line (or skips it)."""
+
+    path: str
+    error: str
+
+
+class BadFiles:
+    """What to do with corrupt images (`data.on_bad_file`): raise a PTQError naming the file, or skip it with a
+    warning and keep the list for results.json."""
+
+    def __init__(self, policy: str):
+        if policy not in BAD_FILE_POLICIES:
+            raise PTQError(f"data.on_bad_file={policy}; valid: {', '.join(BAD_FILE_POLICIES)}")
+        self.policy, self.skipped = policy, []
+
+    def keep(self, items: list) -> list:
+        """`items` ((image, label) pairs) without the bad ones."""
+        good = []
+        for image, label in items:
+            if not isinstance(image, BadFile):
+                good.append((image, label))
+                continue
+            if self.policy == "error":
+                raise PTQError(f"image {image.path} cannot be read ({image.error}); valid: a readable image, or "
+                               "data.on_bad_file=skip to skip corrupt images")
+            log.warning("skipped corrupt image %s (%s)", image.path, image.error)
+            self.skipped.append(image.path)
+        return good
+
+    def collate(self, batch: list):
+        """DataLoader collate (runs in the workers): (images, labels) of the good items, and the bad ones."""
+        from torch.utils.data import default_collate
+
+        good = [item for item in batch if not isinstance(item[0], BadFile)]
+        return (default_collate(good) if good else None), [item for item in batch if isinstance(item[0], BadFile)]
+
+
 class LabelledFolder(ImageFolder):
-    """torchvision's ImageFolder whose class -> label map can be fixed from outside (the train split's)."""
+    """torchvision's ImageFolder whose class -> label map can be fixed from outside (the train split's); an image
+    that cannot be decoded is returned as a BadFile."""
+
+    def __getitem__(self, index: int):
+        path, target = self.samples[index]
+        try:
+            sample = self.loader(path)
+        except (OSError, SyntaxError, ValueError) as e:  # PIL: unidentified, truncated or broken image files
+            return BadFile(path, f"{type(e).__name__}: {' '.join(str(e).split())}"), target
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return sample, target
 
     def __init__(self, root: str, transform=None, class_to_idx: dict[str, int] | None = None):
         self.fixed_class_to_idx = class_to_idx

@@ -2,13 +2,19 @@
 
 Mode from `logger.mode` (default: env WANDB_MODE, else offline); offline runs land in `<run>/wandb/offline-run-*`
 and are uploaded later with `wandb sync <run>/wandb/offline-run-*`. Logging never fails a finished job: any problem
-is reported as a warning, results.json is already written.
+is reported as a warning, results.json is already written. `log_to_wandb` returns the record's state, which
+results.json keeps (`wandb.state` done / failed). Online mode checks first that the server answers
+(`WANDB_BASE_URL`, a TCP connect of a few seconds) and otherwise logs an offline run, uploadable later.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig
 
@@ -69,36 +75,85 @@ def run_tags(cfg: DictConfig, results: dict) -> list[str]:
     return list(dict.fromkeys(str(t)[:64] for t in tags if t))
 
 
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+CONNECT_TIMEOUT_S = 5.0
+
+
+def server_reachable(base_url: str | None = None, timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """Whether the W&B server (WANDB_BASE_URL) accepts a TCP connection within `timeout` seconds."""
+    url = urlparse(base_url or os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _artifact_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-.")[:120] or "run"
 
 
-def log_to_wandb(cfg: DictConfig, results: dict, out: Path | None) -> None:
-    """Record one finished job as its own W&B run (config, tags, summary metrics, calibrated parameters)."""
+def _init(wandb, cfg: DictConfig, results: dict, out: Path | None, mode: str):
+    config = dict(results.get("config") or {})
+    config["ptq_config"] = results.get("ptq_config")
+    config["env"] = results.get("env")
+    return wandb.init(
+        project=cfg.logger.get("project") or "ptq-vit", entity=cfg.logger.get("entity") or None,
+        dir=str(out) if out is not None else None, mode=mode, group=run_group(cfg),
+        name=run_name(cfg, results), tags=run_tags(cfg, results), config=config, job_type="ptq",
+        reinit="finish_previous",
+        settings=wandb.Settings(console="off", x_disable_stats=True, silent=True, init_timeout=60))
+
+
+def _init_with_fallback(wandb, cfg: DictConfig, results: dict, out: Path | None, mode: str) -> tuple[object, str]:
+    """wandb.init in `mode`; an online run whose server cannot be reached becomes an offline run."""
+    if mode == "online" and not server_reachable():
+        log.warning("W&B server %s cannot be reached: logging an offline run instead (upload later with wandb sync)",
+                    os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+        return _init(wandb, cfg, results, out, "offline"), "offline"
     try:
-        mode = str(cfg.logger.get("mode") or "offline")
+        return _init(wandb, cfg, results, out, mode), mode
+    except Exception as e:  # noqa: BLE001 - e.g. no API key, server error: keep the metrics in an offline run
+        if mode != "online":
+            raise
+        log.warning("W&B online run failed (%s: %s): logging an offline run instead", type(e).__name__,
+                    " ".join(str(e).split())[:200])
+        return _init(wandb, cfg, results, out, "offline"), "offline"
+
+
+CALIBRATION_COLUMNS = ("layer", "operand", "quantizer", "param", "score", "candidates", "seconds")
+
+
+def calibration_table(wandb, records: list[dict]):
+    """The per-layer calibration record (CalibReport.records: layer, operand, quantizer, chosen parameter, score,
+    candidates, the layer's search seconds) as a W&B Table; a parameter of many groups is its min/mean/max."""
+    rows = [[json.dumps(r.get(c)) if c == "param" else r.get(c) for c in CALIBRATION_COLUMNS] for r in records]
+    return wandb.Table(columns=list(CALIBRATION_COLUMNS), data=rows)
+
+
+def log_to_wandb(cfg: DictConfig, results: dict, out: Path | None) -> dict:
+    """Record one finished job as its own W&B run (config, tags, summary metrics, calibrated parameters); returns
+    the record's state for results.json: {"state": done | failed | disabled, "mode", "run_dir"?, "error"?}."""
+    mode = str(cfg.logger.get("mode") or "offline")
+    try:
         if mode not in MODES:
             log.warning("W&B not logged: logger.mode=%s is unknown; valid: %s", mode, ", ".join(MODES))
-            return
+            return {"state": "failed", "mode": mode, "error": "unknown logger.mode"}
         if mode == "disabled":
             log.debug("W&B disabled (logger.mode=disabled)")
-            return
+            return {"state": "disabled", "mode": mode}
         import wandb
     except Exception as e:  # noqa: BLE001 - logging never fails a finished job
         log.warning("W&B not logged: %s: %s", type(e).__name__, e)
-        return
-    run = None
+        return {"state": "failed", "mode": mode, "error": f"{type(e).__name__}: {e}"[:300]}
+    run, state = None, {"state": "failed", "mode": mode}
     try:
-        config = dict(results.get("config") or {})
-        config["ptq_config"] = results.get("ptq_config")
-        config["env"] = results.get("env")
-        run = wandb.init(
-            project=cfg.logger.get("project") or "ptq-vit", entity=cfg.logger.get("entity") or None,
-            dir=str(out) if out is not None else None, mode=mode, group=run_group(cfg),
-            name=run_name(cfg, results), tags=run_tags(cfg, results), config=config, job_type="ptq",
-            reinit="finish_previous",
-            settings=wandb.Settings(console="off", x_disable_stats=True, silent=True, init_timeout=60))
+        run, state["mode"] = _init_with_fallback(wandb, cfg, results, out, mode)
         run.summary.update({k: results[k] for k in SUMMARY_KEYS if k in results})
+        records = (results.get("calibration") or {}).get("records")
+        if records:
+            run.log({"calibration": calibration_table(wandb, records)})
         params = results.get("params_file")
         if params and out is not None and cfg.logger.get("log_params", True) and (Path(out) / params).is_file():
             art = wandb.Artifact(_artifact_name(f"quant-params-{run.name}"), type="quant-params",
@@ -106,14 +161,23 @@ def log_to_wandb(cfg: DictConfig, results: dict, out: Path | None) -> None:
                                            if k in results})
             art.add_file(str(Path(out) / params), name=Path(params).name)
             run.log_artifact(art)
-        if mode == "offline" and out is not None:
+        if state["mode"] == "offline" and out is not None:
             log.info("W&B offline run in %s (upload: wandb sync %s/wandb/offline-run-*)", out, out)
+        run_dir = getattr(getattr(run, "settings", None), "sync_dir", None)
+        if run_dir and out is not None:
+            try:
+                state["run_dir"] = str(Path(run_dir).resolve().relative_to(Path(out).resolve()))
+            except ValueError:
+                state["run_dir"] = str(run_dir)
+        run.finish()
+        state["state"] = "done"
     except Exception as e:  # noqa: BLE001
         log.warning("W&B logging failed (results.json is unaffected): %s: %s", type(e).__name__,
                     " ".join(str(e).split())[:300])
-    finally:
+        state["error"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
         if run is not None:
             try:
                 run.finish()
-            except Exception as e:  # noqa: BLE001
-                log.warning("W&B run did not finish cleanly: %s: %s", type(e).__name__, e)
+            except Exception as e2:  # noqa: BLE001
+                log.warning("W&B run did not finish cleanly: %s: %s", type(e2).__name__, e2)
+    return state

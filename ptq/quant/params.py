@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 
 import torch
@@ -29,7 +31,7 @@ def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, st
     md = {"quantizers": json.dumps(meta)}
     md.update(metadata or {})
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")  # unique: concurrent saves
     save_file(tensors, str(tmp), metadata=md)
     tmp.replace(path)
 
