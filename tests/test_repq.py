@@ -164,3 +164,8 @@ def test_layout_registry_names():
     assert {"uniform_asym", "log_sqrt2"} <= set(QUANTIZERS)
     assert QUANTIZERS["uniform_asym"].searched is False and QUANTIZERS["log_sqrt2"].searched is False
     assert Layout().groups == 1
+
+
+def test_load_refused_for_a_reparameterized_calibration(tmp_path):
+    with pytest.raises(PTQError, match="stage reparam_layernorm changes the model's weights"):
+        resolve_ptq_config(cfg_for(f"quantizer.load={tmp_path / 'p.safetensors'}"))

@@ -106,7 +106,7 @@ def fold_channel_scales(norm: nn.LayerNorm, linear: QLinear, scale: torch.Tensor
     return d_star, z_star
 
 
-@register_stage("reparam_layernorm")
+@register_stage("reparam_layernorm", transforms_model=True)
 def reparam_layernorm(state: RecipeState) -> None:
     """Per-channel post-LayerNorm input quantizers -> per tensor, scales folded into LayerNorm and linear; the
     affected weight quantizers re-initialize on the new weights."""
