@@ -24,6 +24,9 @@ GRIDS = {
     "seeds": ({"model", "quantizer", "bits", "calib.seed"}, 20),
     "compat": ({"model", "quantizer", "quantizer.compat", "bits"}, 8),
     "outliers": ({"model", "model/outliers", "quantizer", "bits", "calib.seed"}, 72),
+    "methods": ({"model", "calib.seed", "bits", "quantizer"}, 27),
+    "components": ({"model", "bits", "quantizer", "quantizer.slots.softmax.quantizer",
+                    "quantizer.slots.weight.granularity"}, 12),
 }
 # Job folder names: the overrides, and for the outlier grid its profile (a group override would put a slash in).
 SUBDIRS = {"outliers": "${hydra.job.override_dirname},outliers=${model.outliers.profile}"}
