@@ -169,3 +169,23 @@ def test_layout_registry_names():
 def test_load_refused_for_a_reparameterized_calibration(tmp_path):
     with pytest.raises(PTQError, match="stage reparam_layernorm changes the model's weights"):
         resolve_ptq_config(cfg_for(f"quantizer.load={tmp_path / 'p.safetensors'}"))
+
+
+def test_ptq4vit_search_after_the_reparameterization():
+    """ptq4vit_repq: the quantized init pass and the reparameterization, then PTQ4ViT's search of the searched
+    quantizers; the reparameterized inputs keep their per-tensor (D*, z*)."""
+    cfg = cfg_for("quantizer=ptq4vit_repq", "model=fmnist_vit", "bits=w4a4", "quantizer.search.n=4",
+                  "quantizer.search.rounds=1", "metric=mse")
+    torch.manual_seed(0)
+    m = build_model(cfg.model)
+    x = torch.randn(8, 1, 28, 28)
+    pcfg = resolve_ptq_config(cfg)
+    assert pcfg.recipe == ["init_quantized_pass", "reparam_layernorm", "search"]
+    report = quantize_model(m, pcfg, x, torch.zeros(8, dtype=torch.long), progress=False)
+    assert report.stages == pcfg.recipe and len(report.layers) > 0
+    qkv = m.blocks[0].attn.qkv
+    assert qkv.input_quantizer.kind == "uniform_asym" and qkv.input_quantizer.layout.groups == 1
+    searched = {s.operand for layer in report.layers if layer.name == "blocks.0.attn.qkv" for s in layer.steps}
+    assert searched == {"weight"}                       # the reparameterized input is not searched
+    assert m.blocks[0].attn.matmul2.a_quantizer.kind == "twin_softmax"
+    assert torch.isfinite(m(x)).all()
