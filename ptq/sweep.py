@@ -25,7 +25,8 @@ def effective_config(config: dict) -> dict:
     """The part of a resolved config that can change a job's numbers: the float model (quantizer.enabled false)
     ignores bits, metric, calibration and method settings; a disabled operand slot's settings are unused (its
     operands take the parent slot's); only a recipe with the search stage reads the metric, only the Hessian metric
-    reads metric.grad, and only its `fisher` source reads metric.fisher_draws. Jobs with equal effective configs give equal results."""
+    reads metric.grad, and only its `fisher` source reads metric.fisher_draws. Jobs with equal effective configs
+    give equal results."""
     from ptq.metrics import NEEDS_GRAD
 
     c = copy.deepcopy(_comparable(config))
