@@ -8,12 +8,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 export MPLBACKEND=Agg WANDB_MODE=disabled
-ALL=(table1 ablation metrics calib_size seeds compat)
+ALL=(table1 ablation metrics calib_size seeds compat methods components)
 SELECTED=("${@:-${ALL[@]}}")
 
 for name in "${SELECTED[@]}"; do
   extra=()
-  [ "$name" = table1 ] && extra=(model=fmnist_vit,fmnist_swin)  # table 1 has a row per test-bed model
+  # table 1 and the methods table have a row per test-bed model
+  { [ "$name" = table1 ] || [ "$name" = methods ]; } && extra=(model=fmnist_vit,fmnist_swin)
   echo "== $name"
   # shellcheck disable=SC2086  # RUN_ARGS is a list of overrides
   "$PY" run.py "experiment=$name" "${extra[@]}" logger=none progress=false ${RUN_ARGS:-}

@@ -25,7 +25,8 @@
 
 # %% tags=["parameters"]
 SWEEP_DIRS = ["multirun/table1", "multirun/ablation", "multirun/metrics", "multirun/calib_size",
-              "multirun/compat", "multirun/seeds"]  # relative to the repository root; missing ones are skipped
+              "multirun/compat", "multirun/seeds", "multirun/methods",
+              "multirun/components"]  # relative to the repository root; missing ones are skipped
 OUT_DIR = "experiments/plots"
 ROOT = None  # repository root; None: the one holding the ptq package (installed with pip install -e .)
 

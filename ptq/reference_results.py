@@ -1,4 +1,5 @@
-"""The paper's published numbers (ImageNet top-1, 32 calibration images), transcribed from SPEC.md section 6.
+"""Published numbers (ImageNet top-1, 32 calibration images): PTQ4ViT's from SPEC.md section 6, RepQ-ViT's from
+SPEC-repq.md section 6.
 
 `ptq.report` puts them beside ours for paper models (keys are timm model names). Nothing else reads them.
 """
@@ -28,6 +29,16 @@ W4A4_QUOTED: dict[str, float] = {
     "swin_base_patch4_window7_224": 74.02,
 }
 
+# RepQ-ViT (SPEC-repq.md section 6, from its reference's README; 32 calibration images): model -> bits -> top-1.
+# Its FP32 column differs from table 1's by up to 0.05 (timm versions); ours are compared with table 1's FP32.
+_REPQ_ROWS = {
+    "vit_small_patch16_224": (65.05, 80.43), "vit_base_patch16_224": (68.48, 83.62),
+    "deit_tiny_patch16_224": (57.43, 70.76), "deit_small_patch16_224": (69.03, 78.90),
+    "deit_base_patch16_224": (75.61, 81.27), "swin_tiny_patch4_window7_224": (72.31, 80.69),
+    "swin_small_patch4_window7_224": (79.45, 82.79),
+}
+REPQ_VIT: dict[str, dict[str, float]] = {m: {"W4A4": w4, "W6A6": w6} for m, (w4, w6) in _REPQ_ROWS.items()}
+
 # Ablation (PTQ4ViT preset): (HG, ST, GT) -> model -> (W8A8, W6A6). HG = Hessian-guided metric,
 # ST = softmax twin, GT = GELU twin. The all-off row equals the BasePTQ column of table 1 in the reference.
 ABLATION_ROWS: tuple[tuple[bool, bool, bool], ...] = (
@@ -54,12 +65,15 @@ def base_model_name(name: str) -> str:
 
 
 def table1_reference(model: str, method: str, bits: str | None = None) -> float | None:
-    """The reference top-1 of `method` ("FP32", "BasePTQ", "PTQ4ViT") at `bits` ("W8A8", ...) on `model`."""
+    """The reference top-1 of `method` ("FP32", "BasePTQ", "PTQ4ViT", "RepQ-ViT") at `bits` ("W8A8", ...) on
+    `model`."""
     model = base_model_name(model)
     if method == "FP32":
         return TABLE1.get(model, {}).get("FP32")
     if method == "PTQ4ViT" and bits == "W4A4":
         return W4A4_QUOTED.get(model)
+    if method == "RepQ-ViT":
+        return REPQ_VIT.get(model, {}).get(bits)
     return TABLE1.get(model, {}).get((method, bits))
 
 

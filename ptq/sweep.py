@@ -29,8 +29,9 @@ def _comparable(config: dict) -> dict:
 def effective_config(config: dict) -> dict:
     """The part of a resolved config that can change a job's numbers: the float model (quantizer.enabled false)
     ignores bits, metric, calibration and method settings; a disabled operand slot's settings are unused (its
-    operands take the parent slot's); only the Hessian metric reads metric.grad, and only its `fisher` source
-    reads metric.fisher_draws. Jobs with equal effective configs give equal results."""
+    operands take the parent slot's); only a recipe with the search stage reads the metric, only the Hessian metric
+    reads metric.grad, and only its `fisher` source reads metric.fisher_draws. Jobs with equal effective configs
+    give equal results."""
     from ptq.metrics import NEEDS_GRAD
 
     c = copy.deepcopy(_comparable(config))
@@ -43,6 +44,9 @@ def effective_config(config: dict) -> dict:
     for name, slot in (quantizer.get("slots") or {}).items():
         if isinstance(slot, dict) and slot.get("enabled") is False:
             quantizer["slots"][name] = {"enabled": False}
+    if "search" not in quantizer.get("recipe", ["search"]):  # only the search reads the metric (RepQ-ViT has none)
+        c.pop("metric", None)
+        return c
     metric = c.get("metric") or {}
     if metric.get("name") not in NEEDS_GRAD:  # no gradient is computed for these metrics
         metric.pop("grad", None)

@@ -283,3 +283,14 @@ def test_main_layout_of_a_metrics_sweep_has_no_empty_settings(tmp_path):
     write_job(d / "hes", "fmnist_vit", "ptq4vit", 6, 89.0, metric="hessian", grad="fisher")
     table = report.main_table(report.load_records([d]))
     assert list(table.display.columns) == ["model", "FP32", "PTQ4ViT W6A6 hessian", "PTQ4ViT W6A6 mse"]
+
+
+def test_repq_reference_in_brackets(tmp_path):
+    """RepQ-ViT's published numbers (SPEC-repq section 6) sit beside a RepQ-ViT run on a paper model."""
+    assert table1_reference("deit_small_patch16_224", "RepQ-ViT", "W4A4") == 69.03
+    assert table1_reference("swin_small_patch4_window7_224", "RepQ-ViT", "W6A6") == 82.79
+    assert table1_reference("vit_small_patch16_224", "RepQ-ViT", "W3A3") is None
+    write_job(tmp_path / "repq_w4", "vit_small_patch16_224", "repq_vit", 4, 64.0, fp32=81.4, metric="hessian")
+    rep = report.build_report([tmp_path])
+    assert rows(rep["table"]) == [{"model": "vit_small_patch16_224", "FP32": "81.40 [81.39]",
+                                   "RepQ-ViT W4A4": "64.00 [65.05]"}]

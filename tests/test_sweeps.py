@@ -25,6 +25,9 @@ GRIDS = {
     "seeds": ({"model", "quantizer", "bits", "calib.seed"}, 20),
     "compat": ({"model", "quantizer", "quantizer.compat", "bits"}, 8),
     "outliers": ({"model", "model/outliers", "quantizer", "bits", "calib.seed"}, 72),
+    "methods": ({"model", "calib.seed", "bits", "quantizer"}, 27),
+    "components": ({"model", "bits", "quantizer", "quantizer.slots.softmax.quantizer",
+                    "quantizer.slots.weight.granularity"}, 12),
 }
 # Job folder names: the overrides, and for the outlier grid its profile (a group override would put a slash in).
 SUBDIRS = {"outliers": "${short_dirname:'${hydra.job.override_dirname},outliers=${model.outliers.profile}'}"}
@@ -137,6 +140,13 @@ def test_effective_config_drops_unused_settings():
     assert effective_config(job_config(metric__grad="fisher")) != effective_config(
         job_config(metric__grad="fisher", metric__fisher_draws=8))
     assert effective_config(job_config()) == effective_config(job_config(progress=True, threads=2))
+    # a recipe without the search stage (RepQ-ViT) reads no metric setting
+    repq = job_config(quantizer__name="repq_vit", quantizer__recipe=["init_quantized_pass", "reparam_layernorm"])
+    assert effective_config(repq) == effective_config(job_config(
+        quantizer__name="repq_vit", quantizer__recipe=["init_quantized_pass", "reparam_layernorm"],
+        metric__name="mse", metric__grad="kl_self"))
+    assert effective_config(repq) != effective_config(job_config(
+        quantizer__name="repq_vit", quantizer__recipe=["init_quantized_pass", "reparam_layernorm"], bits__w=4))
 
 
 def test_resume_and_reuse_in_process(tmp_path):

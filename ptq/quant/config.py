@@ -101,7 +101,7 @@ def resolve_slots(slots: DictConfig, compat: str, w_bits: int, a_bits: int) -> d
 def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
     """Validate and resolve the method described by `cfg` (raises PTQError naming the bad value)."""
     from ptq.metrics import METRICS
-    from ptq.quant.recipe import STAGES
+    from ptq.quant.recipe import STAGES, TRANSFORMING_STAGES
 
     q, m, b, c = cfg.quantizer, cfg.metric, cfg.bits, cfg.calib
     _check("quantizer.compat", q.compat, COMPAT)
@@ -121,6 +121,10 @@ def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
     recipe = list(q.recipe)
     for stage in recipe:
         _check("quantizer.recipe stage", stage, STAGES)
+        if q.load and stage in TRANSFORMING_STAGES:
+            raise PTQError(f"quantizer.load={q.load} cannot restore a calibration whose recipe stage {stage} "
+                           f"changes the model's weights (the file holds quantizer parameters only); valid: "
+                           f"quantizer.load=null (recalibrate)")
     slots = resolve_slots(q.slots, q.compat, w_bits, a_bits) if q.enabled else {}
     return PTQConfig(name=q.name, enabled=bool(q.enabled), compat=q.compat, w_bits=w_bits, a_bits=a_bits,
                      recipe=recipe, slots=slots, metric=m.name, grad=grad, fisher_draws=m.fisher_draws, mode=c.mode,

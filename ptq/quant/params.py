@@ -65,5 +65,5 @@ def load_quant_params(model: nn.Module, path: str | Path) -> None:
                 what = ", ".join(f"{k} {saved} (this run: {own_v})" for k, (saved, own_v) in differ.items())
                 raise PTQError(f"quantizer.load={path} does not match this model/method: {key} was saved with "
                                f"{what or 'another parameter shape'}")
-            q.set_param(tensors[f"{key}.param"])
+            q.restore({k[len(key) + 1:]: v for k, v in tensors.items() if k.startswith(f"{key}.")})
     set_quant_enabled(model, True)

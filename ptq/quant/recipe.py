@@ -44,11 +44,16 @@ class RecipeState:
 
 Stage = Callable[[RecipeState], None]
 STAGES: dict[str, Stage] = {}
+# stages that change the float model's weights (a reparameterization): their calibration cannot be restored from a
+# saved parameter file alone, which holds quantizer parameters only
+TRANSFORMING_STAGES: set[str] = set()
 
 
-def register_stage(name: str) -> Callable[[Stage], Stage]:
+def register_stage(name: str, transforms_model: bool = False) -> Callable[[Stage], Stage]:
     def deco(fn: Stage) -> Stage:
         STAGES[name] = fn
+        if transforms_model:
+            TRANSFORMING_STAGES.add(name)
         return fn
 
     return deco

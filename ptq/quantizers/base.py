@@ -60,8 +60,13 @@ class Layout:
         v = fn(x.detach())
         if self.axis is None:
             return v.amax().reshape(1)
-        v = v.movedim(self.axis, 0).reshape(self.groups, -1)
-        return v.amax(dim=1)
+        return self.group_values(v).amax(dim=1)
+
+    def group_values(self, x: torch.Tensor) -> torch.Tensor:
+        """Every value of x, one row per group -> [G, values per group] (e.g. for percentiles of each group)."""
+        if self.axis is None:
+            return x.reshape(1, -1)
+        return x.movedim(self.axis, 0).reshape(self.groups, -1)
 
 
 class Quantizer(nn.Module):
@@ -144,8 +149,24 @@ class Quantizer(nn.Module):
         return out
 
     def export(self) -> dict[str, torch.Tensor]:
-        """Every calibrated value worth saving (scales, splits, code ranges); `param` is what `load` restores."""
+        """Every calibrated value worth saving (scales, splits, code ranges); `restore` loads it back."""
         return {"param": self.param.detach().clone()}
+
+    def restore(self, exported: dict[str, torch.Tensor]) -> None:
+        """Load what `export()` returned: `param` and every other buffer of this quantizer it names (e.g. a zero
+        point), so a quantizer with state beyond `param` round-trips through a saved file."""
+        for name, buf in self.named_buffers(recurse=False):
+            if name != "param" and name in exported:
+                if exported[name].shape != buf.shape:
+                    raise PTQError(f"saved {self.kind} {name} has shape {tuple(exported[name].shape)}; valid: "
+                                   f"{tuple(buf.shape)}")
+                buf.copy_(exported[name].to(buf))
+        self.set_param(exported["param"])
+
+    def max_values(self) -> int:
+        """The most distinct values one scale group can take (2^bits for a b-bit code; a form whose zero is an
+        extra level outside the codes says so by overriding this)."""
+        return 2 ** self.bits
 
     def extra_repr(self) -> str:
         return f"{self.kind}, bits={self.bits}, groups={self.layout.groups}, form={self.form}, enabled={self.enabled}"

@@ -1,0 +1,78 @@
+"""Asymmetric uniform quantizer with a zero point, percentile-initialized (SPEC-repq.md section 2; RepQ-ViT).
+
+Codes 0..2^b-1: q = clamp(round(x / D) + z, 0, 2^b - 1), x_hat = (q - z) D. `param` is the scale D [G]; the zero
+point z [G] is a second buffer, exported and restored with it. Initialization per group: for p in
+(0.999, 0.9999, 0.99999), hi = quantile(x, p), lo = quantile(x, 1 - p), D = (hi - lo) / (2^b - 1),
+z = round(-lo / D); keep the (D, z) of the lowest mean squared error over the group's values (the first on ties).
+Not searched (RepQ-ViT is calibration-only); `candidates` offers the usual scale grid with z fixed, for a recipe
+that does search it. Both forms are the same arithmetic.
+
+Choices the spec leaves open (written down here):
+- a group whose percentiles coincide (D = 0, e.g. a constant channel) gets D = 1e-8 instead of dividing by zero;
+- `z` may be fractional after the reparameterization (the mean of rounded zero points, not rounded again): the
+  formula above is used as it is, `round(x / D) + z`.
+"""
+from __future__ import annotations
+
+import torch
+
+from ptq.quantizers.base import Layout, Quantizer, grid_candidates, register_quantizer, safe_scale
+from ptq.quantizers.percentile import NO_SCORE, PERCENTILES, KeepsValues, quantile
+
+
+def quantize_asym(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int) -> torch.Tensor:
+    """(clamp(round(x / D) + z, 0, 2^b - 1) - z) D with D, z broadcastable against x."""
+    q = torch.div(x, scale).round_().add_(zero_point).clamp_(0, 2 ** bits - 1)
+    return q.sub_(zero_point).mul_(scale)
+
+
+def percentile_fit(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(D, z) per row of values [G, n]: the percentile pair of lowest mean squared error (SPEC-repq section 2)."""
+    best = torch.full((values.shape[0],), NO_SCORE, dtype=values.dtype, device=values.device)
+    best_d, best_z = torch.ones_like(best), torch.zeros_like(best)
+    for p in PERCENTILES:
+        hi, lo = quantile(values, p), quantile(values, 1 - p)
+        d = safe_scale((hi - lo) / (2 ** bits - 1))
+        z = torch.round(-lo / d)
+        score = (values - quantize_asym(values, d[:, None], z[:, None], bits)).pow(2).mean(dim=1)
+        better = score < best
+        best = torch.where(better, score, best)
+        best_d, best_z = torch.where(better, d, best_d), torch.where(better, z, best_z)
+    return best_d, best_z
+
+
+@register_quantizer("uniform_asym")
+class UniformAsymQuantizer(KeepsValues, Quantizer):
+    signed = False
+    domain = "real"
+    searched = False
+
+    def __init__(self, bits: int, layout: Layout, form: str = "paper", partner: str = "quantized", **options):
+        super().__init__(bits, layout, form=form, partner=partner, **options)
+        self.register_buffer("zero_point", torch.zeros(layout.groups))
+
+    def fake(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        return quantize_asym(x, self.layout.expand(params, x.ndim), self.layout.expand(self.zero_point, x.ndim),
+                             self.bits)
+
+    def from_stat(self, stat: torch.Tensor) -> torch.Tensor:
+        """The percentile fit of every observed value; sets the zero point, returns the scale."""
+        scale, zero_point = percentile_fit(stat.float(), self.bits)
+        self.zero_point.copy_(zero_point)
+        return scale
+
+    def candidates(self, search) -> torch.Tensor:
+        return grid_candidates(self.initial, search)
+
+    def to_per_tensor(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        """Become one group for the whole tensor with (scale, zero point): the layout change of the RepQ-ViT
+        reparameterization (per-channel post-LayerNorm parameters folded away, SPEC-repq section 4)."""
+        self.layout = Layout()
+        self.param = scale.detach().reshape(1).to(self.param)
+        self.zero_point = zero_point.detach().reshape(1).to(self.zero_point)
+        self.initial = self.param.clone()
+        self.initialized = True
+
+    def export(self) -> dict[str, torch.Tensor]:
+        return {"param": self.param.detach().clone(), "scale": self.param.detach().clone(),
+                "zero_point": self.zero_point.detach().clone(), "code_range": torch.tensor([0, 2 ** self.bits - 1])}
