@@ -24,6 +24,7 @@ GRIDS = {
     "seeds": ({"model", "quantizer", "bits", "calib.seed"}, 20),
     "compat": ({"model", "quantizer", "quantizer.compat", "bits"}, 8),
     "outliers": ({"model", "model/outliers", "quantizer", "bits", "calib.seed"}, 72),
+    "recon": ({"model", "quantizer", "recon", "bits", "calib.seed"}, 36),
 }
 # Job folder names: the overrides, and for the outlier grid its profile (a group override would put a slash in).
 SUBDIRS = {"outliers": "${hydra.job.override_dirname},outliers=${model.outliers.profile}"}

@@ -1,4 +1,5 @@
-"""Save / load calibrated quantizer parameters (every scale, split and code range, by module name)."""
+"""Save / load calibrated quantizer parameters (every scale, split and code range, and learned rounding offsets, by
+module name; a quantizer restores its own state from what it exported)."""
 from __future__ import annotations
 
 import json
@@ -63,5 +64,5 @@ def load_quant_params(model: nn.Module, path: str | Path) -> None:
                 what = ", ".join(f"{k} {saved} (this run: {own_v})" for k, (saved, own_v) in differ.items())
                 raise PTQError(f"quantizer.load={path} does not match this model/method: {key} was saved with "
                                f"{what or 'another parameter shape'}")
-            q.set_param(tensors[f"{key}.param"])
+            q.restore({k[len(key) + 1:]: v for k, v in tensors.items() if k.startswith(f"{key}.")})
     set_quant_enabled(model, True)
