@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def evaluate(model, data, fp_logits: torch.Tensor, labels: torch.Tensor) -> dict
             "kl_fp32": round(kl_to_reference(logits, fp_logits), 5)}
 
 
-def bench(method: str, bits: str, recons: list[str], max_test: int, overrides: list[str]) -> list[dict]:
+def bench(method: str, bits: str, recons: list[str], max_test: int, overrides: list[str],
+          record=lambda row: None) -> list[dict]:
     base = ["model=fmnist_vit", f"quantizer={method}", f"bits={bits}", "logger=none", f"data.max_test={max_test}",
             "recon=brecq", *overrides]  # recon=brecq only to draw the reconstruction images
     cfg = compose_config(base)
@@ -53,10 +55,12 @@ def bench(method: str, bits: str, recons: list[str], max_test: int, overrides: l
     calib_s = time.time() - t0
     rows = []
     for recon in recons:
-        row = {"method": method, "bits": bits.upper(), "recon": recon, "calib_s": round(calib_s, 1)}
+        row = {"method": method, "bits": bits.upper(), "recon": recon, "calib_s": round(calib_s, 1),
+               "loadavg_start": round(os.getloadavg()[0], 1)}
         if recon == "none":
             rows.append({**row, "iters": 0, "recon_s": 0.0, "s_per_block": 0.0, **evaluate(model, data, fp_logits,
                                                                                            labels)})
+            record(rows[-1])
             continue
         rpcfg = dataclasses.replace(resolve_ptq_config(compose_config([*base, f"recon={recon}"])), recipe=[])
         m = copy.deepcopy(model)
@@ -67,14 +71,39 @@ def bench(method: str, bits: str, recons: list[str], max_test: int, overrides: l
         rows.append({**row, "iters": rec["iters"], "recon_s": rec["seconds"],
                      "s_per_block": round(sum(u["seconds"] for u in blocks) / max(len(blocks), 1), 1),
                      **evaluate(m, data, fp_logits, labels), "units": rec["units"]})
+        rows[-1]["loadavg_end"] = round(os.getloadavg()[0], 1)
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "units"}), flush=True)
+        record(rows[-1])
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
+def table(rows: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def write(path_json: Path, rows: list[dict], meta: dict, argv: str) -> None:
+    """Write the table: rows of earlier runs are kept, a (method, bits, recon) measured again replaces its row."""
+    old = json.loads(path_json.read_text())["rows"] if path_json.is_file() else []
+    key = ("method", "bits", "recon")
+    new_keys = {tuple(r[k] for k in key) for r in rows}
+    order = {(m, b, r): i for i, (m, b, r) in enumerate(
+        (m, b, r) for m in ("base_ptq", "ptq4vit") for b in ("W4A4", "W3A3") for r in ("none", "brecq", "qdrop"))}
+    merged = sorted([r for r in old if tuple(r[k] for k in key) not in new_keys] + rows,
+                    key=lambda r: order.get(tuple(r[k] for k in key), len(order)))
+    path_json.write_text(json.dumps({"meta": meta, "rows": merged}, indent=1) + "\n")
+    md = [f"# Block reconstruction on the test-bed ViT ({meta['threads']} CPU threads)", "",
+          f"`PYTHONPATH=$PWD python experiments/recon/benchmark.py {argv}` (rows accumulate over runs)", "",
+          "fmnist_vit, the full test split (10000 images); calibration 32 images (calib.seed 3), reconstruction on the "
+          "next 1024 train images of the same permutation; default reconstruction settings (ptq/schema.py, "
+          "ReconConfig: 300 steps per unit, batch 32). calib_s: the method's calibration; recon_s: the whole "
+          "`reconstruct` stage (captures, all 6 units, hardening); s_per_block: mean over the 4 transformer blocks. "
+          "Wall-clock seconds on a machine whose 2 cores were shared with other engineers' jobs: the 1-minute load "
+          "average at the start (and end) of each row is in the table (load 2 = both cores busy), so these times are "
+          "upper bounds of an idle 2-core machine's.", "",
+          table(merged, COLUMNS + ["loadavg_start", "loadavg_end", "note"]), ""]
+    path_json.with_suffix(".md").write_text("\n".join(md))
 
 
 def main() -> None:
@@ -88,25 +117,19 @@ def main() -> None:
     ap.add_argument("--name", default="benchmark")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()
-    t0 = time.time()
-    rows = [r for m in args.methods for b in args.bits for r in bench(m, b, args.recon, args.max_test, args.override)]
-    load_end = os.getloadavg()
     meta = {"threads": args.threads, "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "loadavg_start": load_start, "loadavg_end": load_end,
-            "max_test": args.max_test, "overrides": args.override, "total_s": round(time.time() - t0, 1)}
-    (OUT / f"{args.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    md = [f"# Block reconstruction on the test-bed ViT ({args.threads} CPU threads)", "",
-          f"`PYTHONPATH=$PWD python experiments/recon/benchmark.py {' '.join(os.sys.argv[1:])}`", "",
-          f"fmnist_vit, {args.max_test} test images; calibration 32 images (calib.seed 3), reconstruction on the next "
-          f"1024 train images of the same permutation; default reconstruction settings (ptq/schema.py ReconConfig)"
-          f"{' with ' + ' '.join(args.override) if args.override else ''}. calib_s: the method's calibration; "
-          f"recon_s: the whole `reconstruct` stage (captures, all units, hardening); s_per_block: mean over the "
-          f"4 transformer blocks. Wall-clock on a machine whose {os.cpu_count()} cores are shared with other "
-          f"engineers' jobs: load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end, so the "
-          f"times are upper bounds of an idle 2-core machine's.", "", table(rows), ""]
-    (OUT / f"{args.name}.md").write_text("\n".join(md))
-    print("\n".join(md))
+            "torch": torch.__version__, "max_test": args.max_test, "overrides": args.override}
+    path = OUT / f"{args.name}.json"
+    rows: list[dict] = []
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        write(path, rows, meta, " ".join(sys.argv[1:]))
+
+    for m in args.methods:
+        for b in args.bits:
+            bench(m, b, args.recon, args.max_test, args.override, record)
+    print(path.with_suffix(".md").read_text())
 
 
 if __name__ == "__main__":
