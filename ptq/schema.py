@@ -135,6 +135,32 @@ class QuantizerConfig:
 
 
 @dataclass
+class ReconConfig:
+    """Block reconstruction after the method's recipe (ptq/recon/, conf/recon/): per unit, learn the weights'
+    rounding (AdaRound) and the activation step sizes (LSQ) so the quantized unit reproduces the float one."""
+
+    name: str = "none"               # none (no reconstruction) | brecq | qdrop | adalog (conf/recon/<name>.yaml)
+    unit: str = "block"              # block: patch embedding, transformer blocks, patch merging, head | layer
+    iters: int = 300                 # optimization steps per unit (0: the calibrated model, unchanged)
+    batch_size: int = 32             # images per step, a fresh random draw each step
+    n_images: int = 1024             # train images after the calibration ones in the calib.seed permutation
+    inputs: str = "quantized"        # unit inputs: quantized (the quantized model's, BRECQ) | float (AdaLog)
+    loss: str = "mse"                # mse: output MSE | fisher: weighted by the squared task-loss gradient (BRECQ)
+    head_loss: str = "mse"           # the classifier head's loss: mse | kl (KL(float || quantized) of the softmax)
+    rec_scale: float = 1.0           # factor of the output loss (sum over dim 1, mean over the others)
+    learn_rounding: bool = True      # learn the rounding of weights whose quantizer declares learnable_rounding
+    learn_step: bool = True          # learn the step of activation quantizers that declare learnable_step
+    lr_rounding: float = 1e-2        # Adam learning rate of the rounding variables
+    lr_step: float = 4e-5            # Adam learning rate of the step sizes, cosine-annealed to 0
+    reg_lambda: float = 0.01         # weight of the rounding regularizer sum(1 - |2h - 1|^b)
+    warmup: float = 0.2              # fraction of the steps without the regularizer
+    b_start: float = 20.0            # the regularizer's exponent b, annealed linearly after warm-up ...
+    b_end: float = 2.0               # ... down to this value at the last step
+    drop_prob: float = 0.0           # QDrop: probability of keeping an activation float during optimization
+    eval_images: int = 256           # images on which each unit's output MSE is measured before and after
+
+
+@dataclass
 class LoggerConfig:
     name: str = MISSING              # none | wandb
     project: str = "ptq-vit"
@@ -158,6 +184,7 @@ class Config:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     bits: BitsConfig = field(default_factory=BitsConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     task_name: str = "ptq"
     seed: int = 0

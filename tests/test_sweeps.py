@@ -28,6 +28,7 @@ GRIDS = {
     "methods": ({"model", "calib.seed", "bits", "quantizer"}, 27),
     "components": ({"model", "bits", "quantizer", "quantizer.slots.softmax.quantizer",
                     "quantizer.slots.weight.granularity"}, 12),
+    "recon": ({"model", "quantizer", "recon", "bits", "calib.seed"}, 36),
 }
 # Job folder names: the overrides, and for the outlier grid its profile (a group override would put a slash in).
 SUBDIRS = {"outliers": "${short_dirname:'${hydra.job.override_dirname},outliers=${model.outliers.profile}'}"}

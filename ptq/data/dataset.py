@@ -20,6 +20,22 @@ def calibration_indices(n_train: int, n_images: int, seed: int) -> np.ndarray:
     return np.random.RandomState(seed).permutation(n_train)[:n_images]
 
 
+def reconstruction_indices(n_train: int, n_calib: int, n_images: int, seed: int) -> np.ndarray:
+    """The block-reconstruction images: the next `n_images` of the calibration permutation, so disjoint from the
+    calibration images and drawn with the same seed."""
+    if n_calib + n_images > n_train:
+        raise PTQError(f"recon.n_images={n_images} is impossible: the train split holds {n_train} images and "
+                       f"{n_calib} are calibration images; valid: 1..{n_train - n_calib}")
+    return np.random.RandomState(seed).permutation(n_train)[n_calib:n_calib + n_images]
+
+
+def _recon_indices(cfg, n_train: int) -> np.ndarray | None:
+    recon = cfg.get("recon")
+    if recon is None or recon.name == "none":
+        return None
+    return reconstruction_indices(n_train, cfg.calib.n_images, recon.n_images, cfg.calib.seed)
+
+
 @dataclass
 class DataBundle:
     """What a run needs from a data set: one calibration batch and a batched test iterator."""
@@ -31,6 +47,8 @@ class DataBundle:
     num_classes: int
     _iter_test: Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]] = field(repr=False)
     info: dict = field(default_factory=dict)
+    recon_images: torch.Tensor | None = None   # block-reconstruction images (recon.name != none)
+    recon_labels: torch.Tensor | None = None
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self._iter_test(batch_size)
@@ -56,8 +74,13 @@ def _fmnist(cfg, model) -> DataBundle:
         for i in range(0, len(test_x), bs):
             yield fm.normalize(test_x[i:i + bs]), test_y[i:i + bs]
 
-    return DataBundle("fmnist", fm.normalize(train_x[idx]), train_y[idx], len(test_x), 10, batches,
-                      {"root": str(root), "mean": fm.MEAN, "std": fm.STD})
+    bundle = DataBundle("fmnist", fm.normalize(train_x[idx]), train_y[idx], len(test_x), 10, batches,
+                        {"root": str(root), "mean": fm.MEAN, "std": fm.STD})
+    ridx = _recon_indices(cfg, len(train_x))
+    if ridx is not None:
+        ridx = torch.from_numpy(ridx)
+        bundle.recon_images, bundle.recon_labels = fm.normalize(train_x[ridx]), train_y[ridx]
+    return bundle
 
 
 def _imagenet(cfg, model) -> DataBundle:
@@ -100,7 +123,13 @@ def _imagenet(cfg, model) -> DataBundle:
     info = {"root": str(root), "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_cfg.items()},
             "num_train": len(train), "classes": len(train.classes), "calib_indices": idx.tolist(),
             "workers": workers, "skipped_files": list(bad_files.skipped)}
-    return DataBundle("imagenet", calib_x, calib_y, len(val), len(train.classes), batches, info)
+    bundle = DataBundle("imagenet", calib_x, calib_y, len(val), len(train.classes), batches, info)
+    ridx = _recon_indices(cfg, len(train))
+    if ridx is not None:
+        recon = [train[int(i)] for i in ridx]
+        bundle.recon_images = torch.stack([r[0] for r in recon])
+        bundle.recon_labels = torch.tensor([r[1] for r in recon], dtype=torch.long)
+    return bundle
 
 
 def loader_workers(requested: int) -> int:

@@ -30,6 +30,7 @@ class CalibReport:
     seconds: dict[str, float] = field(default_factory=dict)
     passes: int = 0
     stages: list[str] = field(default_factory=list)
+    reconstruction: dict = field(default_factory=dict)   # the `reconstruct` stage's per-unit rows (ptq/recon/)
 
     def records(self) -> list[dict]:
         """One row per searched operand (its last round): layer, operand, quantizer, chosen parameter (compact),
@@ -49,7 +50,7 @@ class CalibReport:
         return {"layers": len(self.layers), "capture_passes": self.passes, "stages": self.stages,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                 "search_seconds_per_layer": {r.name: round(r.seconds, 3) for r in self.layers},
-                "records": self.records()}
+                "records": self.records(), **({"reconstruction": self.reconstruction} if self.reconstruction else {})}
 
 
 class Calibrator:
@@ -143,8 +144,10 @@ class Calibrator:
 
 
 def quantize_model(model: nn.Module, pcfg: PTQConfig, calib_x: torch.Tensor, calib_y: torch.Tensor,
-                   device: torch.device | str = "cpu", progress: bool = True) -> CalibReport:
-    """Quantize `model` in place with the method `pcfg`, calibrated on (calib_x, calib_y); returns a report.
+                   device: torch.device | str = "cpu", progress: bool = True,
+                   recon_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> CalibReport:
+    """Quantize `model` in place with the method `pcfg`, calibrated on (calib_x, calib_y), reconstructed on
+    recon_data when `pcfg.recon` asks for it; returns a report.
     With `pcfg.load` set, the saved parameters are loaded instead of calibrating."""
     device = torch.device(device)
     model.eval().to(device)
@@ -159,7 +162,7 @@ def quantize_model(model: nn.Module, pcfg: PTQConfig, calib_x: torch.Tensor, cal
         return CalibReport(seconds={"total": 0.0})
     from ptq.quant.recipe import run_recipe
 
-    return run_recipe(model, ops, pcfg, calib_x, calib_y, device, progress)
+    return run_recipe(model, ops, pcfg, calib_x, calib_y, device, progress, recon_data)
 
 
 __all__ = ["quantize_model", "CalibReport", "Calibrator", "quant_ops"]

@@ -1,4 +1,5 @@
-"""Save / load calibrated quantizer parameters (every scale, split and code range, by module name)."""
+"""Save / load calibrated quantizer parameters (every scale, split and code range, and learned rounding offsets, by
+module name; a quantizer restores its own state from what it exported)."""
 from __future__ import annotations
 
 import json

@@ -2,7 +2,8 @@
 
 A stage is a function `stage(state: RecipeState) -> None` registered with `@register_stage("name")`; it may
 initialize quantizers, transform the model (a function-preserving reparameterization), search parameters or
-reconstruct. After the last stage every initialized quantizer is enabled (finalize). BasePTQ and PTQ4ViT (both
+reconstruct (`reconstruct`, ptq/recon/, appended to every method's recipe when recon.name is not none). After the
+last stage every initialized quantizer is enabled (finalize). BasePTQ and PTQ4ViT (both
 compat modes) are `[init_minmax, search]`; a new method registers its stages in its own module (imported from
 `ptq/quant/stages/` or by the module that defines the method) and lists them in its YAML.
 """
@@ -40,6 +41,7 @@ class RecipeState:
     device: torch.device
     progress: bool = True
     report: CalibReport = field(default_factory=CalibReport)
+    recon_data: tuple[torch.Tensor, torch.Tensor] | None = None   # images (and labels) of the `reconstruct` stage
 
 
 Stage = Callable[[RecipeState], None]
@@ -123,14 +125,25 @@ def search(state: RecipeState) -> None:
     report.seconds.update(capture=t_capture, search=t_search)
 
 
+def recipe_stages(pcfg: PTQConfig) -> list[str]:
+    """The method's stages, then `reconstruct` when reconstruction is configured (recon.name != none)."""
+    stages = list(pcfg.recipe)
+    if pcfg.recon.name != "none" and "reconstruct" not in stages:
+        stages.append("reconstruct")
+    return stages
+
+
 def run_recipe(model: nn.Module, ops: dict[str, QuantOp], pcfg: PTQConfig, x: torch.Tensor, y: torch.Tensor,
-               device: torch.device, progress: bool = True) -> CalibReport:
-    """Run the method's stages in order on the calibration batch (x, y), then enable every quantizer."""
+               device: torch.device, progress: bool = True,
+               recon_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> CalibReport:
+    """Run the method's stages in order on the calibration batch (x, y) (reconstruction on recon_data), then
+    enable every quantizer."""
     if pcfg.chunk_mb is None:  # cache-sized chunks on CPU; few, large kernels on GPU
         pcfg = dataclasses.replace(pcfg, chunk_mb=1024.0 if device.type == "cuda" else 8.0)
     t0 = time.time()
-    state = RecipeState(model, ops, pcfg, Calibrator(model, ops, pcfg, x, y, device), device, progress)
-    for name in pcfg.recipe:
+    state = RecipeState(model, ops, pcfg, Calibrator(model, ops, pcfg, x, y, device), device, progress,
+                        recon_data=recon_data)
+    for name in recipe_stages(pcfg):
         t1 = time.time()
         STAGES[name](state)
         state.report.stages.append(name)

@@ -6,8 +6,10 @@ leading candidate dimension: `fake(x, params[C, G])` returns [C, *x.shape], so C
 
 A quantizer class declares what the machinery needs to know about it, so the core never tests its name:
 `domain` (the values it expects), `searched` (whether the search stage tunes it), `PARTNER` (the other operand's
-state while it is searched, per compat mode) and `OPTIONS` (its own options and their defaults; a slot's
-`options` may set only these).
+state while it is searched, per compat mode), `OPTIONS` (its own options and their defaults; a slot's
+`options` may set only these) and what block reconstruction (ptq/recon/) may learn of it: `learnable_rounding`
+(the rounding of each weight; implements `soft_fake` and `harden`) and `learnable_step` (its `param` by gradient
+through the rounding; implements `fake_ste`). Quantizers without these stay fixed during reconstruction.
 
 Adding a quantizer = one file in this folder with a `@register_quantizer("name")` class (it is imported
 automatically) + a YAML in conf/quantizer/ that selects it for an operand (see README).
@@ -79,6 +81,8 @@ class Quantizer(nn.Module):
     # the other operand of the op while this quantizer is searched: quantized (its current parameters) or float
     PARTNER: ClassVar[dict[str, str]] = {"paper": "quantized", "official": "quantized"}
     OPTIONS: ClassVar[dict[str, Any]] = {}     # the quantizer's own options and their defaults
+    learnable_rounding: ClassVar[bool] = False  # reconstruction may learn each weight's rounding (AdaRound)
+    learnable_step: ClassVar[bool] = False      # reconstruction may learn `param` by gradient (LSQ, STE rounding)
 
     def __init__(self, bits: int, layout: Layout, form: str = "paper", partner: str = "quantized", **options):
         super().__init__()
@@ -167,6 +171,23 @@ class Quantizer(nn.Module):
         """The most distinct values one scale group can take (2^bits for a b-bit code; a form whose zero is an
         extra level outside the codes says so by overriding this)."""
         return 2 ** self.bits
+
+    # -- reconstruction (only quantizers that declare learnable_rounding / learnable_step) -------------------------
+    def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """w quantized with floor(w / scale) + up, up in [0, 1] per element (soft or hard rounding decision)."""
+        raise NotImplementedError(f"quantizer {self.kind} does not declare learnable_rounding")
+
+    def floor_frac(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fraction of w / scale above its floor, and whether nearest rounding rounds up (0 / 1)."""
+        raise NotImplementedError(f"quantizer {self.kind} does not declare learnable_rounding")
+
+    def harden(self, w: torch.Tensor, up: torch.Tensor) -> None:
+        """Keep the rounding decisions up (0 / 1 per element of w) as state: fake(w) = soft_fake(w, up) from now."""
+        raise NotImplementedError(f"quantizer {self.kind} does not declare learnable_rounding")
+
+    def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        """fake(x, param) differentiable in param (and x) with straight-through rounding (LSQ)."""
+        raise NotImplementedError(f"quantizer {self.kind} does not declare learnable_step")
 
     def extra_repr(self) -> str:
         return f"{self.kind}, bits={self.bits}, groups={self.layout.groups}, form={self.form}, enabled={self.enabled}"

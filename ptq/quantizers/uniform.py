@@ -1,4 +1,8 @@
-"""Signed uniform quantizer (spec section 2): Q(x) = clamp(round(x / D), -2^(b-1), 2^(b-1) - 1) * D."""
+"""Signed uniform quantizer (spec section 2): Q(x) = clamp(round(x / D), -2^(b-1), 2^(b-1) - 1) * D.
+
+Block reconstruction may learn its weights' rounding (AdaRound) and its step D (LSQ); learned rounding is kept as
+`rounding`, the offset in {-1, 0, 1} of each weight's code from nearest rounding (saved with the parameters).
+"""
 from __future__ import annotations
 
 import torch
@@ -10,9 +14,19 @@ from ptq.quantizers.base import Quantizer, grid_candidates, qmax_signed, qmin_si
 class UniformQuantizer(Quantizer):
     """Symmetric, no zero point, round half to even; one scale per group (tensor, q/k/v block, head, channel)."""
 
+    learnable_rounding = True
+    learnable_step = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("rounding", None)   # learned rounding offsets (reconstruction); None: nearest
+
     def fake(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         scale = self.layout.expand(params, x.ndim)
-        return torch.div(x, scale).round_().clamp_(qmin_signed(self.bits), qmax_signed(self.bits)).mul_(scale)
+        codes = torch.div(x, scale).round_()
+        if self.rounding is not None:
+            codes = codes.add_(self.rounding)
+        return codes.clamp_(qmin_signed(self.bits), qmax_signed(self.bits)).mul_(scale)
 
     def from_stat(self, stat: torch.Tensor) -> torch.Tensor:
         """D0 = max|x| / (2^(b-1) - 0.5), per group."""
@@ -22,5 +36,33 @@ class UniformQuantizer(Quantizer):
         return grid_candidates(self.initial, search)
 
     def export(self) -> dict[str, torch.Tensor]:
-        return {"param": self.param.detach().clone(), "scale": self.param.detach().clone(),
-                "code_range": torch.tensor([qmin_signed(self.bits), qmax_signed(self.bits)])}
+        state = {"param": self.param.detach().clone(), "scale": self.param.detach().clone(),
+                 "code_range": torch.tensor([qmin_signed(self.bits), qmax_signed(self.bits)])}
+        if self.rounding is not None:
+            state["rounding"] = self.rounding.detach().clone()
+        return state
+
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
+        self.set_param(saved["param"])
+        self.rounding = saved["rounding"].to(self.param) if "rounding" in saved else None
+
+    # -- reconstruction -----------------------------------------------------------------------------------------
+    def floor_frac(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = torch.div(w, self.layout.expand(self.param, w.ndim))
+        low = torch.floor(v)
+        return v - low, torch.round(v) - low
+
+    def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        scale = self.layout.expand(self.param, w.ndim)
+        codes = torch.floor(torch.div(w, scale)) + up
+        return codes.clamp(qmin_signed(self.bits), qmax_signed(self.bits)) * scale
+
+    def harden(self, w: torch.Tensor, up: torch.Tensor) -> None:
+        v = torch.div(w.detach(), self.layout.expand(self.param, w.ndim))
+        self.rounding = torch.floor(v) + up.detach().to(v) - torch.round(v)
+
+    def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        scale = self.layout.expand(param, x.ndim)
+        v = x / scale
+        codes = v + (torch.round(v) - v).detach()
+        return codes.clamp(qmin_signed(self.bits), qmax_signed(self.bits)) * scale

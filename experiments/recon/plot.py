@@ -1,0 +1,99 @@
+"""The reconstruction grid (experiment=recon): KL(float || quantized), agreement and top-1 per model, method, bit
+width and reconstruction setting, mean ± std over the calibration seeds; a table (grid.md, grid.csv) and a plot
+(grid.png).
+
+    python experiments/recon/plot.py multirun/recon [--out experiments/recon]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+RECONS = ("none", "brecq", "qdrop")
+MEASURES = (("kl_fp32", "KL(fp32 || quantized)"), ("agreement", "agreement with fp32 (%)"))
+
+
+def load(folder: Path) -> pd.DataFrame:
+    rows = []
+    for path in sorted(folder.rglob("results.json")):
+        r = json.loads(path.read_text())
+        if r.get("status") != "ok" or r.get("quantizer") == "fp32":
+            continue
+        rec = r.get("reconstruction") or {}
+        rows.append({"model": r["model"], "method": r["quantizer"], "bits": f"W{r['bits_w']}A{r['bits_a']}",
+                     "recon": r["config"].get("recon", {}).get("name", "none"), "seed": r["config"]["calib"]["seed"],
+                     "top1": r["top1"], "agreement": r["agreement"], "kl_fp32": r["kl_fp32"],
+                     "recon_s": rec.get("seconds", 0.0), "iters": rec.get("iters", 0), "num_test": r["num_test"]})
+    return pd.DataFrame(rows)
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    g = df.groupby(["model", "method", "bits", "recon"])
+    out = g.agg(n=("seed", "size"), top1=("top1", "mean"), top1_std=("top1", "std"), agreement=("agreement", "mean"),
+                agreement_std=("agreement", "std"), kl=("kl_fp32", "mean"), kl_std=("kl_fp32", "std"),
+                recon_s=("recon_s", "mean"), iters=("iters", "max")).reset_index()
+    out["order"] = out["recon"].map(RECONS.index)
+    return out.sort_values(["model", "method", "bits", "order"]).drop(columns="order")
+
+
+def markdown(s: pd.DataFrame) -> str:
+    lines = ["| model | method | bits | recon | seeds | top-1 | agreement | KL(fp32 ‖ q) | recon s (iters/unit) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in s.iterrows():
+        lines.append(f"| {r.model} | {r.method} | {r.bits} | {r.recon} | {r.n} | {r.top1:.2f} ± {r.top1_std:.2f} | "
+                     f"{r.agreement:.2f} ± {r.agreement_std:.2f} | {r.kl:.4f} ± {r.kl_std:.4f} | "
+                     f"{r.recon_s:.0f} ({r.iters}) |")
+    return "\n".join(lines)
+
+
+def plot(s: pd.DataFrame, path: Path) -> None:
+    models = sorted(s["model"].unique())
+    fig, axes = plt.subplots(len(MEASURES), len(models), figsize=(5.5 * len(models), 7), squeeze=False)
+    for j, model in enumerate(models):
+        sm = s[s["model"] == model]
+        groups = [(m, b) for m in sorted(sm["method"].unique()) for b in sorted(sm["bits"].unique())]
+        for i, (key, label) in enumerate(MEASURES):
+            ax = axes[i][j]
+            width = 0.8 / len(RECONS)
+            for k, recon in enumerate(RECONS):
+                vals, errs = [], []
+                for m, b in groups:
+                    row = sm[(sm["method"] == m) & (sm["bits"] == b) & (sm["recon"] == recon)]
+                    col = "kl" if key == "kl_fp32" else key
+                    vals.append(row[col].iloc[0] if len(row) else float("nan"))
+                    errs.append(row[f"{col}_std"].iloc[0] if len(row) else 0.0)
+                ax.bar([x + (k - 1) * width for x in range(len(groups))], vals, width, yerr=errs, label=recon,
+                       capsize=2)
+            ax.set_xticks(range(len(groups)), [f"{m}\n{b}" for m, b in groups], fontsize=8)
+            ax.set_ylabel(label)
+            if key == "kl_fp32":
+                ax.set_yscale("log")
+            ax.set_title(model)
+            ax.legend(title="recon", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    args = ap.parse_args()
+    df = load(args.folder)
+    s = summarize(df)
+    s.to_csv(args.out / "grid.csv", index=False)
+    (args.out / "grid.md").write_text(f"# Reconstruction grid (experiment=recon)\n\n{len(df)} runs from "
+                                      f"{args.folder}; mean ± std over calibration seeds.\n\n{markdown(s)}\n")
+    plot(s, args.out / "grid.png")
+    print(markdown(s))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""The `reconstruct` recipe stage: unit by unit in execution order, learn rounding and step sizes, then harden.
+
+Per unit: one pass over the reconstruction images with every quantizer off captures the float unit's inputs and
+output (and, for loss=fisher, the squared task-loss gradient at its output: labels drawn from the float model's
+softmax, normalized to mean 1); with inputs=quantized a second pass with every quantizer on captures the inputs the
+quantized model gives the unit (the units before it already reconstructed: BRECQ). Then `iters` Adam steps on a
+fresh random batch each: loss = rec_scale * sum over dim 1, mean over the others, of the (weighted) squared error
+to the float output (the head: KL of the softmaxes with head_loss=kl) + reg_lambda * sum(1 - |2h - 1|^b) after
+warm-up. QDrop (drop_prob > 0): each element of the unit's input is the float one with probability drop_prob, and
+inside the unit each activation stays float with that probability. At the end the rounding is hardened into the
+weight quantizers (`rounding`) and the learned steps become their `param`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ptq.errors import PTQError
+from ptq.quant.gradients import backward_losses
+from ptq.quant.wrap import set_quant_enabled
+from ptq.recon.adaround import annealed_b, cosine_lr
+from ptq.recon.learnable import install
+from ptq.recon.units import find_units
+
+if TYPE_CHECKING:
+    from ptq.quant.recipe import RecipeState
+    from ptq.schema import ReconConfig
+
+log = logging.getLogger("ptq.recon")
+
+
+class _Stop(Exception):
+    """Ends a capture pass once the unit has run (nothing after it is needed)."""
+
+
+Captured = tuple[list[torch.Tensor], torch.Tensor, "torch.Tensor | None"]
+
+
+def capture_unit(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch_size: int, fisher_draws: int = 0,
+                 generator: torch.Generator | None = None) -> Captured:
+    """The unit's positional tensor inputs and its output over all of x (and g^2 at the output when fisher_draws
+    > 0), with the model's quantizers as they are."""
+    ins: list[tuple[torch.Tensor, ...]] = []
+    outs: list[torch.Tensor] = []
+    grads: list[torch.Tensor] = []
+
+    def hook(mod, args, out):
+        ins.append(tuple(a.detach() for a in args if isinstance(a, torch.Tensor)))
+        outs.append(out.detach())
+        if not fisher_draws:
+            raise _Stop
+        out = out.detach().requires_grad_(True)
+        out.register_hook(lambda g: grads.append(g.detach().square()))
+        return out
+
+    handle = unit.register_forward_hook(hook)
+    g2: list[torch.Tensor] = []
+    try:
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size]
+            if fisher_draws:
+                with torch.enable_grad():
+                    logits = model(xb)
+                    n = backward_losses("fisher", logits, logits.detach(), torch.empty(0), fisher_draws, generator)
+                g2.append(torch.stack(grads[-n:]).mean(0))
+                grads.clear()
+            else:
+                try:
+                    with torch.no_grad():
+                        model(xb)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    if len(outs) * batch_size < len(x):
+        raise PTQError(f"reconstruction unit {type(unit).__name__} did not run once per batch")
+    inputs = [torch.cat([b[k] for b in ins]) for k in range(len(ins[0]))]
+    weight = None
+    if g2:
+        weight = torch.cat(g2)
+        weight = weight / weight.mean().clamp(min=1e-30)
+    return inputs, torch.cat(outs), weight
+
+
+def output_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, kl: bool,
+                scale: float) -> torch.Tensor:
+    """rec_scale * mean over all dims but 1 of the sum over dim 1 of the (weighted) squared error; or the batch
+    mean of KL(softmax(target) || softmax(out)) (kl)."""
+    if kl:
+        logp = F.log_softmax(target, -1)
+        return scale * (logp.exp() * (logp - F.log_softmax(out, -1))).sum(-1).mean()
+    err = (out - target).square()
+    if weight is not None:
+        err = err * weight
+    return scale * err.sum(1).mean()
+
+
+@torch.no_grad()
+def unit_mse(unit: nn.Module, inputs: list[torch.Tensor], target: torch.Tensor, batch_size: int) -> float:
+    """Mean squared error of the unit's output to the float output (what reconstruction reduces)."""
+    total = 0.0
+    for i in range(0, len(target), batch_size):
+        out = unit(*(t[i:i + batch_size] for t in inputs))
+        total += (out - target[i:i + batch_size]).square().sum().item()
+    return total / target.numel()
+
+
+def _train_inputs(rc: ReconConfig, fp_in: list[torch.Tensor], q_in: list[torch.Tensor] | None,
+                  idx: torch.Tensor) -> list[torch.Tensor]:
+    if q_in is None:
+        return [t[idx] for t in fp_in]
+    if rc.drop_prob <= 0:
+        return [t[idx] for t in q_in]
+    return [torch.where(torch.rand_like(q[idx]) < rc.drop_prob, f[idx], q[idx]) for f, q in zip(fp_in, q_in)]
+
+
+def reconstruct_unit(name: str, unit: nn.Module, rc: ReconConfig, fp_in: list[torch.Tensor],
+                     q_in: list[torch.Tensor] | None, target: torch.Tensor, weight: torch.Tensor | None, kl: bool,
+                     generator: torch.Generator, progress: bool) -> dict:
+    """Optimize one unit (its quantizers enabled) and harden it; returns its report row."""
+    t0 = time.time()
+    eval_in = [t[:rc.eval_images] for t in (q_in if q_in is not None else fp_in)]
+    eval_target = target[:rc.eval_images]
+    mse_before = unit_mse(unit, eval_in, eval_target, rc.batch_size)
+    inst = install(unit, rc.learn_rounding, rc.learn_step, rc.drop_prob)
+    rounding, steps = inst.rounding(), inst.steps()
+    groups = ([{"params": [m.alpha for m in rounding], "lr": rc.lr_rounding}] if rounding else []) + \
+             ([{"params": steps, "lr": rc.lr_step, "step_sizes": True}] if steps else [])
+    opt = torch.optim.Adam(groups) if groups and rc.iters > 0 else None
+    n = len(target)
+    losses: list[float] = []
+    bar = tqdm(range(1, rc.iters + 1) if opt else [], desc=f"reconstruct {name}", unit="it", leave=False,
+               disable=not progress)
+    inst.train(True)
+    try:
+        for t in bar:
+            idx = torch.randperm(n, generator=generator)[:rc.batch_size].to(target.device)
+            with torch.enable_grad():
+                out = unit(*_train_inputs(rc, fp_in, q_in, idx))
+                rec = output_loss(out, target[idx], weight[idx] if weight is not None else None, kl, rc.rec_scale)
+                b = annealed_b(t, rc.iters, rc.warmup, rc.b_start, rc.b_end)
+                loss = rec
+                if b is not None and rounding:
+                    loss = rec + rc.reg_lambda * sum(m.regularizer(b) for m in rounding)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            for g in opt.param_groups:
+                if g.get("step_sizes"):
+                    g["lr"] = cosine_lr(t, rc.iters, rc.lr_step)
+            opt.step()
+            losses.append(rec.item())
+            if t % 20 == 0 or t == rc.iters:
+                bar.set_postfix(rec=f"{rec.item():.4g}", loss=f"{loss.item():.4g}")
+    finally:
+        bar.close()
+        inst.train(False)
+        inst.finish()
+    mse_after = unit_mse(unit, eval_in, eval_target, rc.batch_size)
+    row = {"unit": name, "iters": rc.iters if opt else 0, "seconds": round(time.time() - t0, 3),
+           "rounding_tensors": len(rounding), "step_sizes": len(steps),
+           "mse_before": mse_before, "mse_after": mse_after,
+           "rec_first": losses[0] if losses else None, "rec_last": losses[-1] if losses else None}
+    log.info("reconstruct %s: %d its, output MSE %.4g -> %.4g (%.1fs)", name, row["iters"], mse_before, mse_after,
+             row["seconds"])
+    return row
+
+
+def reconstruct(state: RecipeState) -> None:
+    """The stage: every unit of the model in execution order (see the module docstring)."""
+    rc, model = state.pcfg.recon, state.model
+    if state.recon_data is None:
+        raise PTQError(f"recon.name={rc.name} needs reconstruction images; valid: pass recon_x/recon_y to "
+                       f"quantize_model (run.py draws recon.n_images train images)")
+    t0 = time.time()
+    x = state.recon_data[0].to(state.device)
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    set_quant_enabled(model, False)
+    units = find_units(model, rc.unit, x[:1])
+    generator = torch.Generator().manual_seed(state.pcfg.seed)
+    capture_bs = max(rc.batch_size, state.pcfg.batch_size)
+    rows = []
+    for name, unit in units:
+        set_quant_enabled(model, False)
+        draws = state.pcfg.fisher_draws if rc.loss == "fisher" else 0
+        fp_in, target, weight = capture_unit(model, unit, x, capture_bs, draws, generator)
+        q_in = None
+        if rc.inputs == "quantized":
+            set_quant_enabled(model, True)
+            q_in, _, _ = capture_unit(model, unit, x, capture_bs)
+        set_quant_enabled(model, True)
+        kl = rc.head_loss == "kl" and unit is head
+        rows.append(reconstruct_unit(name, unit, rc, fp_in, q_in, target, weight, kl, generator, state.progress))
+        del fp_in, q_in, target, weight
+    set_quant_enabled(model, True)
+    state.report.reconstruction = {
+        "name": rc.name, "unit": rc.unit, "iters": rc.iters, "images": len(x), "units": rows,
+        "seconds": round(time.time() - t0, 3)}
