@@ -136,7 +136,8 @@ def test_presets():
     ("+quantizer.slots.gelu.options.m_max=3", "valid: (none)"),
     ("quantizer.slots.softmax.partner=half", "valid: float, quantized"),
     ("quantizer.slots.gelu.bits=1", "quantizer.slots.gelu.bits=1"),
-    ("quantizer.recipe=[init_minmax,serch]", "valid: init_minmax, reconstruct, search"),
+    ("quantizer.recipe=[init_minmax,serch]",
+     "valid: init_minmax, init_quantized_pass, reconstruct, reparam_layernorm, search"),
 ])
 def test_bad_slot_settings_are_one_line_errors(override, expected):
     with pytest.raises(PTQError, match=re.escape(expected)):
