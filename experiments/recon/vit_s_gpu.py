@@ -27,8 +27,9 @@ def main() -> None:
     ap.add_argument("--out", default=".")
     args = ap.parse_args()
     dev = torch.device("cuda")
-    cfg = compose_config(["model=vit_s_224", "quantizer=ptq4vit", "bits=w4a4", "quantizer.search.n=20",
-                          "quantizer.search.rounds=1", "recon=brecq", f"recon.iters={args.iters}", "logger=none"])
+    cfg = compose_config(["model=vit_s_224", "model.pretrained=false", "quantizer=ptq4vit", "bits=w4a4",
+                          "quantizer.search.n=20", "quantizer.search.rounds=1", "recon=brecq",
+                          f"recon.iters={args.iters}", "logger=none"])
     torch.manual_seed(0)
     model = build_model(cfg.model, dev)
     g = torch.Generator().manual_seed(0)
