@@ -80,13 +80,12 @@ def table1_reference(model: str, method: str, bits: str | None = None) -> float 
 def uses_quantizer(settings: dict, kind: str) -> bool:
     """Whether a run's flattened settings put the registered quantizer `kind` (ptq.quantizers.QUANTIZERS, e.g.
     twin_softmax) on its operand: the on/off switch `quantizer.<kind>` where the config has one (results.json
-    before the operand slots), else any enabled operand slot naming it (`quantizer.slots.<slot>.quantizer`; a
-    slot with `enabled: false` falls back to its parent and does not count)."""
+    before the operand slots), else any operand slot naming it (`quantizer.slots.<slot>.quantizer`). `settings`
+    come through ptq.sweep.effective_config, which already reduces a disabled slot to `{enabled: false}`."""
     switch = settings.get(f"quantizer.{kind}")
     if isinstance(switch, bool):
         return switch
     return any(k.startswith("quantizer.slots.") and k.endswith(".quantizer") and v == kind
-               and settings.get(f"{k.removesuffix('.quantizer')}.enabled", True) is not False
                for k, v in settings.items())
 
 

@@ -294,3 +294,17 @@ def test_repq_reference_in_brackets(tmp_path):
     rep = report.build_report([tmp_path])
     assert rows(rep["table"]) == [{"model": "vit_small_patch16_224", "FP32": "81.40 [81.39]",
                                    "RepQ-ViT W4A4": "64.00 [65.05]"}]
+
+
+def test_disabled_twin_slot_is_not_counted(tmp_path):
+    """BasePTQ-style configs name twin_softmax on a disabled slot: the effective settings drop it, so ST is off."""
+    d = tmp_path / "disabled"
+    folder = write_job(d / "a", "fmnist_vit", "ptq4vit", 6, 80.0)
+    data = json.loads((folder / "results.json").read_text())
+    q = data["config"]["quantizer"]
+    del q["twin_softmax"], q["twin_gelu"]
+    q["slots"] = {"softmax": {"quantizer": "twin_softmax", "enabled": False},
+                  "gelu": {"quantizer": "twin_gelu", "enabled": True}}
+    (folder / "results.json").write_text(json.dumps(data))
+    rec = report.build_report([d])["records"].iloc[0]
+    assert (bool(rec["twin_softmax"]), bool(rec["twin_gelu"])) == (False, True)
