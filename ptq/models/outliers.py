@@ -82,21 +82,24 @@ def enabled(oc: OutliersConfig) -> bool:
     return oc.profile != "none" and oc.fraction > 0 and (oc.low, oc.high) != (1.0, 1.0) and bool(oc.norms)
 
 
-def norm_linear_pairs(model: nn.Module) -> list[tuple[str, str, nn.LayerNorm, nn.Linear]]:
+def norm_linear_pairs(model: nn.Module, linear_types: tuple[type[nn.Module], ...] = (nn.Linear,)
+                      ) -> list[tuple[str, str, nn.LayerNorm, nn.Module]]:
     """(kind, name, LayerNorm, the linear reading its output) for every such pair of a timm ViT / DeiT / Swin, in
-    module order: blocks' norm1 -> attn.qkv and norm2 -> mlp.fc1, patch merging's norm -> reduction."""
+    module order: blocks' norm1 -> attn.qkv and norm2 -> mlp.fc1, patch merging's norm -> reduction. The linear
+    must be one of `linear_types` (a wrapped model's quantized linears: pass their class; used by RepQ-ViT's
+    reparameterization, ptq/quant/stages/repq.py)."""
     pairs = []
     for name, module in model.named_modules():
         prefix = f"{name}." if name else ""
         attn, mlp = getattr(module, "attn", None), getattr(module, "mlp", None)
         if isinstance(getattr(module, "norm1", None), nn.LayerNorm) and isinstance(getattr(attn, "qkv", None),
-                                                                                   nn.Linear):
+                                                                                   linear_types):
             pairs.append(("norm1", f"{prefix}norm1", module.norm1, attn.qkv))
         if isinstance(getattr(module, "norm2", None), nn.LayerNorm) and isinstance(getattr(mlp, "fc1", None),
-                                                                                   nn.Linear):
+                                                                                   linear_types):
             pairs.append(("norm2", f"{prefix}norm2", module.norm2, mlp.fc1))
         if isinstance(getattr(module, "norm", None), nn.LayerNorm) and isinstance(getattr(module, "reduction", None),
-                                                                                  nn.Linear):
+                                                                                  linear_types):
             pairs.append(("merge", f"{prefix}norm", module.norm, module.reduction))
     return pairs
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 import logging
 
 import torch
-from timm.models.swin_transformer import PatchMerging
 from torch import nn
 
 from ptq.errors import PTQError
+from ptq.models.outliers import norm_linear_pairs
 from ptq.quant.modules import QLinear
 from ptq.quant.recipe import RecipeState, register_stage
 from ptq.quantizers import Quantizer
@@ -64,23 +64,18 @@ def init_quantized_pass(state: RecipeState) -> None:
         log.warning("quantizers never reached by the calibration pass stay float: %s", missed[:5])
 
 
+LINEAR_OF = {"norm1": "attn.qkv", "norm2": "mlp.fc1", "merge": "reduction"}  # the linear each LayerNorm kind feeds
+
+
 def layernorm_linear_pairs(model: nn.Module) -> list[tuple[str, nn.LayerNorm, QLinear]]:
     """(name, LayerNorm, the quantized linear it alone feeds) for norm1 -> attn.qkv, norm2 -> mlp.fc1 and Swin's
-    patch-merging norm -> reduction, in module order."""
+    patch-merging norm -> reduction, in module order (found by ptq.models.outliers.norm_linear_pairs); only affine
+    LayerNorms, whose weight and bias can take the folded scales."""
     pairs = []
-    for name, mod in model.named_modules():
-        prefix = f"{name}." if name else ""
-        found = []
-        if isinstance(mod, PatchMerging):
-            found.append(("norm", getattr(mod, "norm", None), getattr(mod, "reduction", None), "reduction"))
-        attn, mlp = getattr(mod, "attn", None), getattr(mod, "mlp", None)
-        if attn is not None:
-            found.append(("norm1", getattr(mod, "norm1", None), getattr(attn, "qkv", None), "attn.qkv"))
-        if mlp is not None:
-            found.append(("norm2", getattr(mod, "norm2", None), getattr(mlp, "fc1", None), "mlp.fc1"))
-        for norm_name, norm, linear, linear_name in found:
-            if isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and isinstance(linear, QLinear):
-                pairs.append((f"{prefix}{norm_name}->{prefix}{linear_name}", norm, linear))
+    for kind, norm_name, norm, linear in norm_linear_pairs(model, (QLinear,)):
+        if norm.elementwise_affine:
+            owner = norm_name.rpartition(".")[0]
+            pairs.append((f"{norm_name}->{owner + '.' if owner else ''}{LINEAR_OF[kind]}", norm, linear))
     return pairs
 
 
