@@ -1,5 +1,5 @@
 """Published numbers (ImageNet top-1, 32 calibration images): PTQ4ViT's from SPEC.md section 6, RepQ-ViT's from
-SPEC-repq.md section 6.
+SPEC-repq.md section 6, AdaLog's from SPEC-adalog.md section 6.
 
 `ptq.report` puts them beside ours for paper models (keys are timm model names). Nothing else reads them.
 """
@@ -39,6 +39,16 @@ _REPQ_ROWS = {
 }
 REPQ_VIT: dict[str, dict[str, float]] = {m: {"W4A4": w4, "W6A6": w6} for m, (w4, w6) in _REPQ_ROWS.items()}
 
+# AdaLog (SPEC-adalog.md section 6, its reference's README; calibration only, 32 images): model -> bits -> top-1.
+_ADALOG_ROWS = {
+    "vit_small_patch16_224": (13.88, 72.75, 80.91), "vit_base_patch16_224": (37.91, 79.68, 84.80),
+    "deit_tiny_patch16_224": (31.56, 63.52, 71.38), "deit_small_patch16_224": (24.47, 72.06, 79.39),
+    "deit_base_patch16_224": (57.45, 78.03, 81.55), "swin_small_patch4_window7_224": (64.41, 80.77, 83.19),
+    "swin_base_patch4_window7_224": (69.75, 82.47, 85.09),
+}
+ADALOG: dict[str, dict[str, float]] = {m: {"W3A3": w3, "W4A4": w4, "W6A6": w6}
+                                       for m, (w3, w4, w6) in _ADALOG_ROWS.items()}
+
 # Ablation (PTQ4ViT preset): (HG, ST, GT) -> model -> (W8A8, W6A6). HG = Hessian-guided metric,
 # ST = softmax twin, GT = GELU twin. The all-off row equals the BasePTQ column of table 1 in the reference.
 ABLATION_ROWS: tuple[tuple[bool, bool, bool], ...] = (
@@ -65,7 +75,7 @@ def base_model_name(name: str) -> str:
 
 
 def table1_reference(model: str, method: str, bits: str | None = None) -> float | None:
-    """The reference top-1 of `method` ("FP32", "BasePTQ", "PTQ4ViT", "RepQ-ViT") at `bits` ("W8A8", ...) on
+    """The reference top-1 of `method` ("FP32", "BasePTQ", "PTQ4ViT", "RepQ-ViT", "AdaLog") at `bits` ("W8A8", ...) on
     `model`."""
     model = base_model_name(model)
     if method == "FP32":
@@ -74,6 +84,8 @@ def table1_reference(model: str, method: str, bits: str | None = None) -> float 
         return W4A4_QUOTED.get(model)
     if method == "RepQ-ViT":
         return REPQ_VIT.get(model, {}).get(bits)
+    if method == "AdaLog":
+        return ADALOG.get(model, {}).get(bits)
     return TABLE1.get(model, {}).get((method, bits))
 
 

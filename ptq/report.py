@@ -39,7 +39,7 @@ FORMATS = ("md", "csv", "tex")
 LAYOUTS = ("auto", "main", "ablation", "metrics")
 # Display names of the quantizer presets (conf/quantizer/); any other preset is shown by its name.
 METHOD_LABELS = {"fp32": "FP32", "base_ptq": "BasePTQ", "ptq4vit": "PTQ4ViT", "repq_vit": "RepQ-ViT",
-                 "ptq4vit_repq": "PTQ4ViT+RepQ"}
+                 "ptq4vit_repq": "PTQ4ViT+RepQ", "adalog": "AdaLog"}
 # Settings that are the table's own axes (rows, columns), never a split.
 AXIS_KEYS = ("model.name", "quantizer.name", "quantizer.enabled", "bits.w", "bits.a")
 # Settings on which runs are repeats of one measurement: averaged, mean ± std.

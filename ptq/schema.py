@@ -67,6 +67,8 @@ class CalibConfig:
     chunk_mb: float | None = None  # memory bound of one chunk of candidate outputs; null: 8 (CPU), 1024 (CUDA)
     capture_mb: float = 4096.0       # memory bound of the activations captured at once
     fast_paths: bool = True          # exact shortcuts (mse on linear weights via Gram matrices)
+    transform: str = "eval"          # eval: the model's eval transform | train: a train-time augmentation,
+    #                                  drawn once with calib.seed (AdaLog's reference: transform=train, seed=5)
 
 
 @dataclass

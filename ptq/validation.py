@@ -71,6 +71,7 @@ RULES: tuple[Rule, ...] = (
     Rule("calib.capture_mb", "number", 0, low_open=True),
     Rule("calib.mode", "choice", choices=("parallel", "sequential")),
     Rule("calib.fast_paths", "bool"),
+    Rule("calib.transform", "choice", choices=("eval", "train")),
     Rule("eval.batch_size", "int", 1, required=True),
     Rule("metric.fisher_draws", "int", 1),
     Rule("data.max_test", "int", 1, nullable=True, null_means="all test images"),

@@ -49,7 +49,8 @@ def check_quantizer_contract(kind: str) -> None:
             for bits in (3, 4, 8):
                 q, x = calibrated(kind, bits, layout, form)
                 params = q.candidates(SEARCH)
-                assert params.ndim == 2 and params.shape[1] == q.layout.groups
+                # one parameter vector per scale group: [C, G] (a scale) or [C, G, K] (e.g. scale and zero point)
+                assert params.shape[1:] == q.param.shape and q.param.shape[0] == q.layout.groups
                 batched = q.fake(x, params)
                 assert batched.shape == (params.shape[0], *x.shape)
                 for c in range(params.shape[0]):   # one tensor op over candidates == a loop over them

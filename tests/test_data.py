@@ -101,6 +101,20 @@ def test_image_folder_uses_timm_eval_transform(compose, image_folder):
     assert model(xs[0]).shape == (4, 3)
 
 
+def test_image_folder_train_time_calibration_draw(compose, image_folder):
+    """calib.transform=train on an image folder: timm's train transform of the model at its eval size, seeded."""
+    from ptq.models import build_model
+
+    over = ["data=imagenet", f"data.root={image_folder}", "data.workers=0", "calib.n_images=4", *TINY_VIT]
+    cfg = compose([*over, "calib.transform=train"])
+    model = build_model(cfg.model)
+    a, b = build_data(cfg, model), build_data(cfg, model)
+    ev = build_data(compose(over), model)
+    assert a.calib_images.shape == ev.calib_images.shape == (4, 3, 32, 32)
+    assert torch.equal(a.calib_images, b.calib_images) and not torch.equal(a.calib_images, ev.calib_images)
+    assert a.calib_labels.tolist() == ev.calib_labels.tolist()
+
+
 def test_image_folder_transform_override(compose, image_folder):
     from ptq.models import build_model
 
@@ -124,3 +138,27 @@ def test_image_folder_errors(compose, image_folder, case):
     match = {"no_root": "data.root=PATH", "missing_val": r"val does not exist", "too_many_calib": r"calib.n_images=13"}
     with pytest.raises(PTQError, match=match[case]):
         build_data(cfg, build_model(cfg.model))
+
+
+def test_train_time_calibration_draw_is_seeded_and_differs_from_eval(compose):
+    """calib.transform=train (AdaLog's reference draw): the same images as the eval draw, augmented once with
+    calib.seed; the same seed gives the same tensors, another seed others, and the global RNGs are untouched."""
+    import random
+
+    from ptq.data import build_data
+
+    base = ["data.max_test=8", "calib.n_images=6", "logger=none"]
+    ev = build_data(compose([*base]))
+    random.seed(11)
+    torch.manual_seed(11)
+    a = build_data(compose([*base, "calib.transform=train"]))
+    after = (random.random(), torch.rand(1).item())
+    random.seed(11)
+    torch.manual_seed(11)
+    assert after == (random.random(), torch.rand(1).item())
+    b = build_data(compose([*base, "calib.transform=train"]))
+    c = build_data(compose([*base, "calib.transform=train", "calib.seed=5"]))
+    assert a.calib_images.shape == ev.calib_images.shape == (6, 1, 28, 28)
+    assert torch.equal(a.calib_images, b.calib_images) and torch.equal(a.calib_labels, ev.calib_labels)
+    assert not torch.equal(a.calib_images, ev.calib_images)
+    assert not torch.equal(c.calib_images[:1], build_data(compose([*base, "calib.seed=5"])).calib_images[:1])

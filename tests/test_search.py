@@ -7,7 +7,7 @@ from torch import nn
 
 from ptq.metrics import METRICS
 from ptq.quant.config import SearchConfig
-from ptq.quant.fast_paths import linear_weight_mse_scores
+from ptq.quant.fast_paths import linear_input_mse_scores, linear_weight_mse_scores
 from ptq.quant.modules import QLinear, QMatMul
 from ptq.quant.search import evaluate_candidates, search_op
 from ptq.quantizers import QUANTIZERS, Layout
@@ -70,6 +70,28 @@ def test_mse_fast_path_matches_direct():
     fast = linear_weight_mse_scores(op, params, cap, chunk_mb=1)
     assert torch.allclose(direct, fast, rtol=1e-4, atol=1e-7)
     assert torch.equal(direct.argmax(0), fast.argmax(0))
+
+
+def test_mse_fast_paths_for_pair_parameters_match_direct():
+    """The weight and input shortcuts with (scale, zero point) candidates [C, G, 2] (uniform_grid) and AdaLog input
+    candidates give the direct evaluation's scores, for a widening (in < out) and a narrowing linear."""
+    for in_f, out_f in ((6, 10), (10, 4)):
+        torch.manual_seed(in_f)
+        lin = nn.Linear(in_f, out_f)
+        wq = QUANTIZERS["uniform_grid"](4, Layout(-2, out_f, out_f))
+        for iq in (QUANTIZERS["uniform_grid"](4, Layout(), z_grid="input"), QUANTIZERS["adalog_gelu"](4, Layout())):
+            op = QLinear(lin, wq, iq)
+            x = nn.functional.gelu(torch.randn(5, 7, in_f) * 2)
+            cap = {"input": x, "out": lin(x).detach()}
+            wq.initialize(lin.weight.detach())
+            iq.start(x) if hasattr(iq, "scale_range") else iq.initialize(x)
+            for operand, params, fast in (("weight", wq.grid(lin.weight.detach()), linear_weight_mse_scores),
+                                          ("input", iq.candidates(None) if hasattr(iq, "scale_range")
+                                           else iq.grid(x), linear_input_mse_scores)):
+                direct = evaluate_candidates(op, operand, params, cap, METRICS["mse"], chunk_mb=1)
+                quick = fast(op, params, cap, chunk_mb=0.01)
+                assert torch.allclose(direct, quick, rtol=1e-4, atol=1e-7), (in_f, out_f, operand, iq.kind)
+                assert torch.equal(direct.argmax(0), quick.argmax(0))
 
 
 def test_per_head_scales_differ_when_heads_differ():

@@ -25,9 +25,10 @@ GRIDS = {
     "seeds": ({"model", "quantizer", "bits", "calib.seed"}, 20),
     "compat": ({"model", "quantizer", "quantizer.compat", "bits"}, 8),
     "outliers": ({"model", "model/outliers", "quantizer", "bits", "calib.seed"}, 72),
-    "methods": ({"model", "calib.seed", "bits", "quantizer"}, 27),
+    "methods": ({"model", "calib.seed", "bits", "quantizer"}, 36),
     "components": ({"model", "bits", "quantizer", "quantizer.slots.softmax.quantizer",
                     "quantizer.slots.weight.granularity"}, 12),
+    "components_adalog": ({"model", "bits", "quantizer", "quantizer.slots.softmax.quantizer"}, 4),
     "recon": ({"model", "quantizer", "recon", "bits", "calib.seed"}, 36),
 }
 # Job folder names: the overrides, and for the outlier grid its profile (a group override would put a slash in).

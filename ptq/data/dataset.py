@@ -20,6 +20,29 @@ def calibration_indices(n_train: int, n_images: int, seed: int) -> np.ndarray:
     return np.random.RandomState(seed).permutation(n_train)[:n_images]
 
 
+def augmented(images: list, transform, seed: int) -> list:
+    """`transform` applied to each image with the random generators seeded by `seed` (python's `random`, which
+    timm's crops use, and torch's), restored afterwards: one fixed draw of a train-time augmentation."""
+    import random
+
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return [transform(im) for im in images]
+    finally:
+        random.setstate(state)
+
+
+def fmnist_train_transform():
+    """Train-time augmentation of 28x28 test-bed images as timm's (RandomResizedCrop, scale 0.08-1, and a
+    horizontal flip with probability 0.5; colour jitter does not apply to one channel), on normalized tensors."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([v2.RandomResizedCrop(28, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(0.5)])
+
+
 def reconstruction_indices(n_train: int, n_calib: int, n_images: int, seed: int) -> np.ndarray:
     """The block-reconstruction images: the next `n_images` of the calibration permutation, so disjoint from the
     calibration images and drawn with the same seed."""
@@ -74,8 +97,12 @@ def _fmnist(cfg, model) -> DataBundle:
         for i in range(0, len(test_x), bs):
             yield fm.normalize(test_x[i:i + bs]), test_y[i:i + bs]
 
-    bundle = DataBundle("fmnist", fm.normalize(train_x[idx]), train_y[idx], len(test_x), 10, batches,
-                        {"root": str(root), "mean": fm.MEAN, "std": fm.STD})
+    calib_x = fm.normalize(train_x[idx])
+    if cfg.calib.get("transform", "eval") == "train":
+        calib_x = torch.stack(augmented(list(calib_x), fmnist_train_transform(), cfg.calib.seed))
+    bundle = DataBundle("fmnist", calib_x, train_y[idx], len(test_x), 10, batches,
+                        {"root": str(root), "mean": fm.MEAN, "std": fm.STD,
+                         "calib_transform": cfg.calib.get("transform", "eval")})
     ridx = _recon_indices(cfg, len(train_x))
     if ridx is not None:
         ridx = torch.from_numpy(ridx)
@@ -101,7 +128,16 @@ def _imagenet(cfg, model) -> DataBundle:
     train = image_folder(root, cfg.data.get("train_split", "train"), transform)
     val = image_folder(root, cfg.data.get("val_split", "val"), transform, train.class_to_idx)
     idx = calibration_indices(len(train), cfg.calib.n_images, cfg.calib.seed)
-    calib = bad_files.keep([train[int(i)] for i in idx])
+    if cfg.calib.get("transform", "eval") == "train":   # timm's train transform of the model, drawn once
+        from timm.data import create_transform
+
+        aug = create_transform(**data_cfg, is_training=True)   # the eval transform's size, mean, std, interpolation
+        raw = image_folder(root, cfg.data.get("train_split", "train"), None, train.class_to_idx)
+        picked = bad_files.keep([raw[int(i)] for i in idx])
+        images = augmented([p[0] for p in picked], aug, cfg.calib.seed)
+        calib = list(zip(images, [p[1] for p in picked]))
+    else:
+        calib = bad_files.keep([train[int(i)] for i in idx])
     if not calib:
         raise PTQError(f"every calibration image of {root} is corrupt; valid: readable images")
     calib_x = torch.stack([c[0] for c in calib])

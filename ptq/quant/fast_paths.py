@@ -38,3 +38,38 @@ def linear_weight_mse_scores(op: QLinear, params: torch.Tensor, cap: dict[str, t
         sse = ((d @ gram) * d).sum(-1).double() + 2 * (d * cross).sum(-1).double() + f2
         scores[c0:c0 + step] = -sse.clamp_(min=0).reshape(-1, g, out_f // g).sum(-1) / (t * (out_f // g))
     return scores
+
+
+def linear_input_mse_scores(op: QLinear, params: torch.Tensor, cap: dict[str, torch.Tensor],
+                            chunk_mb: float) -> torch.Tensor:
+    """Scores [C, 1] of per-tensor input candidates params [C, ...] under the mse metric. With D_c = X_c - X the
+    input error of candidate c (X_c its quantized input), W the (quantized) weight and F = X W^T + b - O, the
+    output error is D_c W^T + F; its squared norm is computed directly ((X_c W^T + b - O)^2, N x in x out per
+    candidate) or, when the layer widens (in < out), as sum_n d_n (W^T W) d_n^T + 2 d_n (F W)_n + ||F||^2
+    (N x in^2): the same score with fewer operations, and no output-sized temporaries."""
+    x = cap["input"]
+    t, n_in = x.shape[1], x.shape[-1]
+    xf = x.reshape(-1, n_in)                                                      # [N, in]
+    w = _apply(op.weight_quantizer, op.weight)                                   # [out, in]
+    n_out = w.shape[0]
+    base = -cap["out"].reshape(-1, n_out)
+    if op.bias is not None:
+        base = base + op.bias                                                    # b - O
+    widen = n_in < n_out
+    if widen:
+        f = xf @ w.t() + base                                                    # [N, out]
+        gram, fw, f2 = w.t() @ w, f @ w, f.double().square().sum()
+    per = xf.numel() * (3 if widen else 2) + (0 if widen else base.numel())
+    step = max(1, int(chunk_mb * 2**20 / 4 // per))   # candidates are scored one by one: memory bound only
+    scores = torch.empty(params.shape[0], 1, dtype=torch.float64, device=params.device)
+    for c0 in range(0, params.shape[0], step):
+        xq = op.input_quantizer.fake(xf, params[c0:c0 + step])                   # [c, N, in]
+        if widen:
+            d = xq.sub_(xf)
+            sse = (torch.matmul(d, gram).mul_(d).sum(dim=(1, 2)).double()
+                   + 2 * d.mul_(fw).sum(dim=(1, 2)).double() + f2)
+        else:
+            out = torch.matmul(xq, w.t()).add_(base)
+            sse = out.square_().sum(dim=(1, 2)).double()
+        scores[c0:c0 + step, 0] = -sse.clamp_(min=0) / (t * n_out)
+    return scores

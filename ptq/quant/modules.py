@@ -80,10 +80,16 @@ class QuantOp(nn.Module):
         return cap["out"][s]
 
     def candidate_outputs(self, operand: str, params: torch.Tensor, cap: dict[str, torch.Tensor], s: slice,
-                          other_quantized: bool = True) -> torch.Tensor:
+                          other_quantized: bool = True, partner: torch.Tensor | None = None) -> torch.Tensor:
         """Outputs [C, S', ...] on samples s with `operand` quantized by each candidate in params [C, G] and the
-        other operand at its current quantization (or float when other_quantized is False)."""
+        other operand at its current quantization (or float when other_quantized is False); `partner`: that
+        other operand already computed by `partner_value` (the same for every chunk of candidates)."""
         raise NotImplementedError
+
+    def partner_value(self, operand: str, cap: dict[str, torch.Tensor], s: slice,
+                      other_quantized: bool = True) -> torch.Tensor | None:
+        """The other operand of `operand` on samples s as candidate_outputs uses it (None: nothing to share)."""
+        return None
 
     def group_view(self, out: torch.Tensor, operand: str) -> torch.Tensor:
         """[C?, S, ...output] -> [C?, S, G, T, F] for the groups of `operand`'s quantizer."""
@@ -116,15 +122,20 @@ class QLinear(QuantOp):
     def sample_view(self, name: str, t: torch.Tensor) -> torch.Tensor:
         return t.reshape(self.images, -1, t.shape[-1])
 
-    def candidate_outputs(self, operand, params, cap, s, other_quantized=True):
-        x = cap["input"][s]
+    def partner_value(self, operand, cap, s, other_quantized=True):
+        if operand == "weight":
+            return _apply(self.input_quantizer, cap["input"][s], other_quantized)        # [S, T, in]
+        return _apply(self.weight_quantizer, self.weight, other_quantized).t()           # [in, out]
+
+    def candidate_outputs(self, operand, params, cap, s, other_quantized=True, partner=None):
+        if partner is None:
+            partner = self.partner_value(operand, cap, s, other_quantized)
         if operand == "weight":
             w = self.weight_quantizer.fake(self.weight, params)               # [C, out, in]
-            xq = _apply(self.input_quantizer, x, other_quantized)            # [S, T, in]
-            out = torch.einsum("sti,coi->csto", xq, w)
+            out = torch.einsum("sti,coi->csto", partner, w)
         else:
-            xq = self.input_quantizer.fake(x, params)                        # [C, S, T, in]
-            out = xq @ _apply(self.weight_quantizer, self.weight, other_quantized).t()
+            xq = self.input_quantizer.fake(cap["input"][s], params)          # [C, S, T, in]
+            out = xq @ partner
         return out + self.bias if self.bias is not None else out
 
     def group_view(self, out, operand):
@@ -160,11 +171,18 @@ class QConv2d(QuantOp):
     def sample_view(self, name: str, t: torch.Tensor) -> torch.Tensor:
         return t
 
-    def candidate_outputs(self, operand, params, cap, s, other_quantized=True):
+    def partner_value(self, operand, cap, s, other_quantized=True):
+        if operand == "weight":
+            return _apply(self.input_quantizer, cap["input"][s], other_quantized)
+        return _apply(self.weight_quantizer, self.weight, other_quantized)
+
+    def candidate_outputs(self, operand, params, cap, s, other_quantized=True, partner=None):
         x = cap["input"][s]
+        if partner is None:
+            partner = self.partner_value(operand, cap, s, other_quantized)
         if operand == "weight":
             w = self.weight_quantizer.fake(self.weight, params)              # [C, out, in, kh, kw]
-            xq = _apply(self.input_quantizer, x, other_quantized)
+            xq = partner
             c, o = w.shape[:2]
             if self.groups != 1:
                 return torch.stack([self._conv(xq, w[i]) for i in range(c)])
@@ -172,7 +190,7 @@ class QConv2d(QuantOp):
             out = F.conv2d(xq, w.reshape(c * o, *w.shape[2:]), bias, self.stride, self.padding, self.dilation)
             return out.reshape(x.shape[0], c, o, *out.shape[-2:]).transpose(0, 1)
         xq = self.input_quantizer.fake(x, params)                            # [C, S, Cin, H, W]
-        w = _apply(self.weight_quantizer, self.weight, other_quantized)
+        w = partner
         c = xq.shape[0]
         out = self._conv(xq.reshape(-1, *xq.shape[2:]), w)
         return out.reshape(c, -1, *out.shape[1:])
@@ -204,11 +222,17 @@ class QMatMul(QuantOp):
     def sample_view(self, name: str, t: torch.Tensor) -> torch.Tensor:
         return t.reshape(self.images, -1, *t.shape[-3:])   # [S, windows, H, N, D]
 
-    def candidate_outputs(self, operand, params, cap, s, other_quantized=True):
-        a, b = cap["a"][s], cap["b"][s]
+    def partner_value(self, operand, cap, s, other_quantized=True):
         if operand == "a":
-            return self.a_quantizer.fake(a, params) @ _apply(self.b_quantizer, b, other_quantized)
-        return _apply(self.a_quantizer, a, other_quantized) @ self.b_quantizer.fake(b, params)
+            return _apply(self.b_quantizer, cap["b"][s], other_quantized)
+        return _apply(self.a_quantizer, cap["a"][s], other_quantized)
+
+    def candidate_outputs(self, operand, params, cap, s, other_quantized=True, partner=None):
+        if partner is None:
+            partner = self.partner_value(operand, cap, s, other_quantized)
+        if operand == "a":
+            return self.a_quantizer.fake(cap["a"][s], params) @ partner
+        return partner @ self.b_quantizer.fake(cap["b"][s], params)
 
     def group_view(self, out, operand):
         *lead, w, h, n, m = out.shape

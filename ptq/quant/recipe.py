@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -49,13 +49,18 @@ STAGES: dict[str, Stage] = {}
 # stages that change the float model's weights (a reparameterization): their calibration cannot be restored from a
 # saved parameter file alone, which holds quantizer parameters only
 TRANSFORMING_STAGES: set[str] = set()
+# stages that finish a calibration and must follow reconstruction when there is one (AdaLog's shift fold)
+AFTER_RECONSTRUCT: set[str] = set()
 
 
-def register_stage(name: str, transforms_model: bool = False) -> Callable[[Stage], Stage]:
+def register_stage(name: str, transforms_model: bool = False,
+                   after_reconstruct: bool = False) -> Callable[[Stage], Stage]:
     def deco(fn: Stage) -> Stage:
         STAGES[name] = fn
         if transforms_model:
             TRANSFORMING_STAGES.add(name)
+        if after_reconstruct:
+            AFTER_RECONSTRUCT.add(name)
         return fn
 
     return deco
@@ -88,12 +93,12 @@ def _describe(op: QuantOp) -> str:
     return " ".join(parts)
 
 
-@register_stage("search")
-def search(state: RecipeState) -> None:
-    """Capture each layer's operands, output (and g^2) once, then search its searched quantizers in module order
-    (spec section 5); sequential mode captures each layer with the layers before it quantized."""
+def captured_layers(state: RecipeState) -> Iterator[tuple[str, QuantOp, dict[str, torch.Tensor]]]:
+    """Each quantized op with its captured float operands, output (and g^2 for a gradient metric), in module order,
+    captured in groups bounded by `capture_mb`; parallel mode: every layer sees float inputs, sequential mode: the
+    layers before it quantized (one capture per layer). The caller searches the op before asking for the next; the
+    report gets capture and search seconds, the log a line and the progress bar a step per layer."""
     pcfg, ops, cal, report = state.pcfg, state.ops, state.calibrator, state.report
-    metric = get_metric(pcfg.metric)
     names = list(ops)
     done: set[str] = set()
     bar = tqdm(total=len(names), desc=f"calibrate {pcfg.name} W{pcfg.w_bits}A{pcfg.a_bits}", unit="layer",
@@ -109,27 +114,40 @@ def search(state: RecipeState) -> None:
         t_capture += time.time() - t1
         for n in group:
             t1 = time.time()
-            op, cap = ops[n], caps.pop(n)
-            if pcfg.mode == "sequential":  # the inputs changed with the quantized layers before: re-initialize
-                for operand, q in op.quantizers().items():
-                    if operand != "weight":
-                        q.initialize(cap[operand])
-            res = search_op(n, op, cap, metric, pcfg)
-            del cap
-            report.layers.append(res)
+            op = ops[n]
+            n_layers = len(report.layers)
+            yield n, op, caps.pop(n)
             done.add(n)
             t_search += time.time() - t1
-            log.info("[%d/%d] %s  %s  (%.2fs)", len(done), len(names), n, _describe(op), res.seconds)
+            seconds = report.layers[-1].seconds if len(report.layers) > n_layers else 0.0
+            log.info("[%d/%d] %s  %s  (%.2fs)", len(done), len(names), n, _describe(op), seconds)
             bar.update(1)
     bar.close()
     report.seconds.update(capture=t_capture, search=t_search)
 
 
+@register_stage("search")
+def search(state: RecipeState) -> None:
+    """Capture each layer's operands, output (and g^2) once, then search its searched quantizers in module order
+    (spec section 5); sequential mode captures each layer with the layers before it quantized."""
+    pcfg = state.pcfg
+    metric = get_metric(pcfg.metric)
+    for n, op, cap in captured_layers(state):
+        if pcfg.mode == "sequential":  # the inputs changed with the quantized layers before: re-initialize
+            for operand, q in op.quantizers().items():
+                if operand != "weight":
+                    q.initialize(cap[operand])
+        state.report.layers.append(search_op(n, op, cap, metric, pcfg))
+        del cap
+
+
 def recipe_stages(pcfg: PTQConfig) -> list[str]:
-    """The method's stages, then `reconstruct` when reconstruction is configured (recon.name != none)."""
+    """The method's stages, then `reconstruct` when reconstruction is configured (recon.name != none), placed
+    before the stages that must follow it (registered with after_reconstruct)."""
     stages = list(pcfg.recipe)
     if pcfg.recon.name != "none" and "reconstruct" not in stages:
-        stages.append("reconstruct")
+        at = next((i for i, s in enumerate(stages) if s in AFTER_RECONSTRUCT), len(stages))
+        stages.insert(at, "reconstruct")
     return stages
 
 

@@ -62,8 +62,9 @@ def evaluate_candidates(op: QuantOp, operand: str, params: torch.Tensor, cap: di
         s = slice(s0, min(s_total, s0 + s_chunk))
         out = op.group_view(op.float_output(cap, s), operand)
         g2 = op.group_view(g2_all[s], operand) if g2_all is not None else None
+        partner = op.partner_value(operand, cap, s, other_quantized)   # once for every chunk of candidates
         for c0 in range(0, params.shape[0], c_chunk):
-            cand = op.candidate_outputs(operand, params[c0:c0 + c_chunk], cap, s, other_quantized)
+            cand = op.candidate_outputs(operand, params[c0:c0 + c_chunk], cap, s, other_quantized, partner)
             part = metric(op.group_view(cand, operand), out, g2)
             del cand
             if scores is None:

@@ -1,8 +1,10 @@
 """Operand quantizers: a registry keyed by name and the base class every quantizer implements.
 
 A quantizer fake-quantizes one operand (a weight, a layer input, a matmul operand). Its searched parameter is a
-compact tensor `param` of shape [G] (one value per scale group). Everything the search needs is batched over a
-leading candidate dimension: `fake(x, params[C, G])` returns [C, *x.shape], so C candidates cost one tensor op.
+compact tensor `param` of shape [G] (one value per scale group) or [G, K] (K values per group searched together,
+e.g. a scale and an integer zero point, or AdaLog's scale and log base). Everything the search needs is batched
+over a leading candidate dimension: `fake(x, params[C, G(, K)])` returns [C, *x.shape], so C candidates cost one
+tensor op.
 
 A quantizer class declares what the machinery needs to know about it, so the core never tests its name:
 `domain` (the values it expects), `searched` (whether the search stage tunes it), `PARTNER` (the other operand's
@@ -185,6 +187,11 @@ class Quantizer(nn.Module):
         """Keep the rounding decisions up (0 / 1 per element of w) as state: fake(w) = soft_fake(w, up) from now."""
         raise NotImplementedError(f"quantizer {self.kind} does not declare learnable_rounding")
 
+    def clamp_step(self, param: torch.Tensor) -> torch.Tensor:
+        """A learned `param` made valid (positive scales); a quantizer with more per-group values than a scale
+        (a zero point, a log base) clamps only its scale."""
+        return param.clamp(min=1e-8)
+
     def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         """fake(x, param) differentiable in param (and x) with straight-through rounding (LSQ)."""
         raise NotImplementedError(f"quantizer {self.kind} does not declare learnable_step")
@@ -196,6 +203,20 @@ class Quantizer(nn.Module):
         """What a saved parameter file records of this quantizer, checked when it is loaded again."""
         return {"kind": self.kind, "bits": self.bits, "form": self.form, "groups": self.layout.groups,
                 "axis": self.layout.axis}
+
+
+class KeepsRounding:
+    """Mix-in for a quantizer that declares learnable_rounding: the learned rounding offsets (`rounding`, a buffer;
+    None = nearest rounding) are exported with the parameters and restored from them."""
+
+    def with_rounding(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.rounding is not None:
+            state["rounding"] = self.rounding.detach().clone()
+        return state
+
+    def restore(self, saved: dict[str, torch.Tensor]) -> None:
+        self.set_param(saved["param"])
+        self.rounding = saved["rounding"].to(self.param) if "rounding" in saved else None
 
 
 def qmax_signed(bits: int) -> int:
@@ -223,5 +244,5 @@ def log2_floor(x: torch.Tensor) -> torch.Tensor:
     return e + ((2.0 ** (e + 1)) <= x).to(x.dtype) - ((2.0 ** e) > x).to(x.dtype)
 
 
-__all__ = ["QUANTIZERS", "register_quantizer", "Quantizer", "Layout", "qmax_signed", "qmin_signed", "safe_scale",
-           "grid_candidates", "log2_floor", "math"]
+__all__ = ["QUANTIZERS", "register_quantizer", "Quantizer", "Layout", "KeepsRounding", "qmax_signed", "qmin_signed",
+           "safe_scale", "grid_candidates", "log2_floor", "math"]

@@ -7,11 +7,19 @@ from __future__ import annotations
 
 import torch
 
-from ptq.quantizers.base import Quantizer, grid_candidates, qmax_signed, qmin_signed, register_quantizer, safe_scale
+from ptq.quantizers.base import (
+    KeepsRounding,
+    Quantizer,
+    grid_candidates,
+    qmax_signed,
+    qmin_signed,
+    register_quantizer,
+    safe_scale,
+)
 
 
 @register_quantizer("uniform")
-class UniformQuantizer(Quantizer):
+class UniformQuantizer(KeepsRounding, Quantizer):
     """Symmetric, no zero point, round half to even; one scale per group (tensor, q/k/v block, head, channel)."""
 
     learnable_rounding = True
@@ -36,15 +44,8 @@ class UniformQuantizer(Quantizer):
         return grid_candidates(self.initial, search)
 
     def export(self) -> dict[str, torch.Tensor]:
-        state = {"param": self.param.detach().clone(), "scale": self.param.detach().clone(),
-                 "code_range": torch.tensor([qmin_signed(self.bits), qmax_signed(self.bits)])}
-        if self.rounding is not None:
-            state["rounding"] = self.rounding.detach().clone()
-        return state
-
-    def restore(self, saved: dict[str, torch.Tensor]) -> None:
-        self.set_param(saved["param"])
-        self.rounding = saved["rounding"].to(self.param) if "rounding" in saved else None
+        return self.with_rounding({"param": self.param.detach().clone(), "scale": self.param.detach().clone(),
+                                   "code_range": torch.tensor([qmin_signed(self.bits), qmax_signed(self.bits)])})
 
     # -- reconstruction -----------------------------------------------------------------------------------------
     def floor_frac(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

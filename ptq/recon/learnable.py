@@ -68,10 +68,10 @@ class LearnedStep(_Activation):
         self.step = nn.Parameter(q.param.detach().clone())
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return self.q.fake_ste(x, self.step.clamp(min=1e-8))
+        return self.q.fake_ste(x, self.q.clamp_step(self.step))
 
     def finish(self) -> None:
-        self.q.set_param(self.step.detach().clamp(min=1e-8))
+        self.q.set_param(self.q.clamp_step(self.step.detach()))
 
 
 @dataclass

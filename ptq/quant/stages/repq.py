@@ -80,11 +80,15 @@ def layernorm_linear_pairs(model: nn.Module) -> list[tuple[str, nn.LayerNorm, QL
 
 
 @torch.no_grad()
-def fold_channel_scales(norm: nn.LayerNorm, linear: QLinear, scale: torch.Tensor,
-                        zero_point: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fold_channel_scales(norm: nn.LayerNorm, linear: QLinear, scale: torch.Tensor, zero_point: torch.Tensor,
+                        round_zero: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """SPEC-repq section 4 steps 2-5: fold the per-channel (D_c, z_c) of the linear's input into the LayerNorm
-    affine and the linear; returns the per-tensor (D*, z*). The float function is unchanged."""
+    affine and the linear; returns the per-tensor (D*, z*). The float function is unchanged. The channel c's input
+    becomes x_c / r_c - (z* - z_c) D*, r_c = D_c / D*. RepQ-ViT keeps z* = mean z_c; AdaLog (SPEC-adalog 2.6)
+    rounds it (round_zero)."""
     d_star, z_star = scale.mean(), zero_point.mean()
+    if round_zero:
+        z_star = torch.round(z_star)
     m_c, m_star = -zero_point * scale, -z_star * d_star
     r = scale / d_star
     s = m_c / r - m_star
