@@ -73,3 +73,15 @@ def linear_input_mse_scores(op: QLinear, params: torch.Tensor, cap: dict[str, to
             sse = out.square_().sum(dim=(1, 2)).double()
         scores[c0:c0 + step, 0] = -sse.clamp_(min=0) / (t * n_out)
     return scores
+
+
+def mse_shortcut(op, operand: str, q, inputs: bool = True):
+    """The exact shortcut of the mse metric for scoring `operand`'s candidates, or None where none applies: a
+    linear's weight, or (inputs=True) its per-tensor input, with the other operand at its quantization. Its
+    scores equal the direct evaluation's up to float rounding; PTQ4ViT's grid search uses only the weight one
+    (inputs=False), which keeps its published parameters bit for bit."""
+    if not isinstance(op, QLinear) or q.partner != "quantized":
+        return None
+    if operand == "weight":
+        return linear_weight_mse_scores
+    return linear_input_mse_scores if inputs and q.layout.axis is None else None

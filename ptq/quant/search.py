@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ptq.quant.config import PTQConfig
-from ptq.quant.fast_paths import linear_weight_mse_scores
-from ptq.quant.modules import QLinear, QuantOp
+from ptq.quant.fast_paths import mse_shortcut
+from ptq.quant.modules import QuantOp
 
 log = logging.getLogger("ptq.calib")
 
@@ -95,12 +95,11 @@ def search_op(name: str, op: QuantOp, cap: dict[str, torch.Tensor], metric, pcfg
             if q is None or not q.searched:
                 continue
             params = q.candidates(pcfg.search)
-            other_quantized = q.partner == "quantized"
-            if (pcfg.fast_paths and pcfg.metric == "mse" and isinstance(op, QLinear) and operand == "weight"
-                    and other_quantized):
-                scores = linear_weight_mse_scores(op, params, cap, chunk_mb)
+            fast = mse_shortcut(op, operand, q, inputs=False) if pcfg.fast_paths and pcfg.metric == "mse" else None
+            if fast is not None:
+                scores = fast(op, params, cap, chunk_mb)
             else:
-                scores = evaluate_candidates(op, operand, params, cap, metric, chunk_mb, other_quantized)
+                scores = evaluate_candidates(op, operand, params, cap, metric, chunk_mb, q.partner == "quantized")
             if bool((scores == scores[:1]).all()):
                 log.warning("%s %s: every candidate scores the same (%s); the metric cannot choose, keeping the "
                             "first", name, operand, scores[0, 0].item())

@@ -25,7 +25,7 @@ import math
 import torch
 
 from ptq.errors import PTQError, choices
-from ptq.quantizers.base import Layout, Quantizer, register_quantizer
+from ptq.quantizers.base import Layout, Quantizer, refinements, register_quantizer
 
 GELU_SHIFT = 0.16997124254703522   # -min GELU(x): the post-GELU shift of section 2.5
 FLOOR = 1e-15
@@ -199,27 +199,15 @@ class AdaLogQuantizer(Quantizer):
         s_grid = lo + i / (points - 1) * (hi - lo)                                         # [P, G]
         beam, q_beam, stages = int(o["beam"]), int(o["q_beam"]), int(o["stages"])
         e = max(1, int(o["q_count"]) // beam)
-        delta = [(hi - lo) / (points - 1)]
-        for _ in range(stages - 2):
-            delta.append(delta[-1] / (e - 0.5))
-        offsets = torch.arange(e, dtype=lo.dtype, device=lo.device) / max(e - 1, 1) - 0.5
 
         def grid(surv: torch.Tensor) -> torch.Tensor:                                     # surv [Wq, G, 2]
             qs = surv[:, None, :, 1].expand(-1, points, -1)                                 # [Wq, P, G]
             ss = s_grid[None].expand(surv.shape[0], -1, -1)
             return torch.stack([ss, qs], dim=-1).reshape(-1, *surv.shape[1:])
 
-        def expand(t: int):
-            def make(surv: torch.Tensor) -> torch.Tensor:
-                child = surv[:, None].repeat(1, e, 1, 1)
-                child[..., 0] += offsets[None, :, None] * delta[t][None, None, :]
-                return child.reshape(-1, *surv.shape[1:])
-            return make
-
-        plan = [(lambda _surv: self.q_candidates(self.param[:, 0]), q_beam),
-                (grid, beam if stages > 1 else 1)]
-        plan += [(expand(t), beam if t < stages - 2 else 1) for t in range(stages - 1)]
-        return plan
+        return [(lambda _surv: self.q_candidates(self.param[:, 0]), q_beam),
+                (grid, beam if stages > 1 else 1),
+                *refinements((hi - lo) / (points - 1), e, stages - 1, beam)]
 
     # -- state ------------------------------------------------------------------------------------------------
     def fold(self) -> float:
@@ -234,9 +222,6 @@ class AdaLogQuantizer(Quantizer):
                 "code_range": torch.tensor([0, self.top_code])}
 
     # -- reconstruction: the scale learns (straight-through rounding of the code); q stays fixed --------------------
-    def clamp_step(self, param: torch.Tensor) -> torch.Tensor:
-        return torch.stack([param[..., 0].clamp(min=1e-8), param[..., 1]], dim=-1)
-
     def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         s = self.layout.expand(param[..., 0], x.ndim)
         q = self.layout.expand(param[..., 1].detach(), x.ndim)

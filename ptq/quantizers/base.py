@@ -188,9 +188,11 @@ class Quantizer(nn.Module):
         raise NotImplementedError(f"quantizer {self.kind} does not declare learnable_rounding")
 
     def clamp_step(self, param: torch.Tensor) -> torch.Tensor:
-        """A learned `param` made valid (positive scales); a quantizer with more per-group values than a scale
-        (a zero point, a log base) clamps only its scale."""
-        return param.clamp(min=1e-8)
+        """A learned `param` made valid: positive scales. Of a [G, K] parameter (a scale and e.g. a zero point or
+        a log base) only the scale, column 0, is clamped; the other values are not learned."""
+        if param.ndim == 1:
+            return param.clamp(min=1e-8)
+        return torch.cat([param[..., :1].clamp(min=1e-8), param[..., 1:]], dim=-1)
 
     def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         """fake(x, param) differentiable in param (and x) with straight-through rounding (LSQ)."""
@@ -238,6 +240,25 @@ def grid_candidates(delta0: torch.Tensor, search) -> torch.Tensor:
     return mult[:, None] * delta0[None, :]
 
 
+def refinements(delta: torch.Tensor, e: int, count: int, beam: int) -> list[tuple]:
+    """`count` beam-refinement stages of FPCS (SPEC-adalog.md 3.4) for a plan (ptq/quant/fpcs.py): each survivor
+    [W, G, K] spawns e children whose scale (column 0) moves by (k / (e - 1) - 1/2) delta_t, k = 0..e-1, the other
+    values unchanged; delta_1 = delta [G], delta_{t+1} = delta_t / (e - 1/2); keep `beam`, the last stage 1."""
+    deltas = [delta]
+    for _ in range(count - 1):
+        deltas.append(deltas[-1] / (e - 0.5))
+    offsets = torch.arange(e, dtype=delta.dtype, device=delta.device) / max(e - 1, 1) - 0.5
+
+    def expand(t: int):
+        def make(surv: torch.Tensor) -> torch.Tensor:
+            child = surv[:, None].repeat(1, e, 1, 1)                                  # [W, e, G, K]
+            child[..., 0] += offsets[None, :, None] * deltas[t][None, None, :]
+            return child.reshape(-1, *surv.shape[1:])
+        return make
+
+    return [(expand(t), beam if t < count - 1 else 1) for t in range(count)]
+
+
 def log2_floor(x: torch.Tensor) -> torch.Tensor:
     """floor(log2(x)) robust to float error at exact powers of two."""
     e = torch.floor(torch.log2(x))
@@ -245,4 +266,4 @@ def log2_floor(x: torch.Tensor) -> torch.Tensor:
 
 
 __all__ = ["QUANTIZERS", "register_quantizer", "Quantizer", "Layout", "KeepsRounding", "qmax_signed", "qmin_signed",
-           "safe_scale", "grid_candidates", "log2_floor", "math"]
+           "safe_scale", "grid_candidates", "refinements", "log2_floor", "math"]

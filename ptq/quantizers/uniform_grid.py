@@ -25,7 +25,8 @@ import math
 import torch
 
 from ptq.errors import PTQError, choices
-from ptq.quantizers.base import KeepsRounding, Layout, Quantizer, register_quantizer
+from ptq.quantizers.base import KeepsRounding, Layout, Quantizer, refinements, register_quantizer
+from ptq.quantizers.uniform_asym import quantize_asym
 
 CHUNK_LIMIT = 2 ** 24
 Z_GRIDS = ("weight", "input", "conv")
@@ -63,12 +64,6 @@ def chunked_quantiles(values: torch.Tensor, ps: tuple[float, ...], chunk_average
     return torch.stack([interpolated_quantiles(p, ps) for p in parts]).mean(dim=0)
 
 
-def quantize_asym_grid(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int) -> torch.Tensor:
-    """(clamp(round(x / s) + z, 0, 2^b - 1) - z) s with s, z broadcastable against x."""
-    q = torch.div(x, scale).round_().add_(zero_point).clamp_(0, 2 ** bits - 1)
-    return q.sub_(zero_point).mul_(scale)
-
-
 @register_quantizer("uniform_grid")
 class UniformGridQuantizer(KeepsRounding, Quantizer):
     signed = False
@@ -102,7 +97,7 @@ class UniformGridQuantizer(KeepsRounding, Quantizer):
     def fake(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         s, z = self._split(params, x.ndim)
         if self.rounding is None:
-            return quantize_asym_grid(x, s, z, self.bits)
+            return quantize_asym(x, s, z, self.bits)
         codes = torch.div(x, s).round_().add_(self.rounding).add_(z).clamp_(0, 2 ** self.bits - 1)
         return codes.sub_(z).mul_(s)
 
@@ -150,7 +145,7 @@ class UniformGridQuantizer(KeepsRounding, Quantizer):
         operand it was initialized on (requires `initialize` / `start` on a tensor first)."""
         if getattr(self, "_grid", None) is None:
             raise PTQError("uniform_grid needs its operand's values for candidates; valid: a beam-search recipe "
-                           "(quantizer.recipe [adalog_search]) or initialize it on a tensor first")
+                           "(quantizer.recipe [beam_search]) or initialize it on a tensor first")
         return self._grid
 
     def initialize(self, x: torch.Tensor) -> None:
@@ -168,24 +163,10 @@ class UniformGridQuantizer(KeepsRounding, Quantizer):
         """[(make candidates from the survivors [W, G, 2] (None first), keep)] -- section 3.4."""
         grid = self.grid(x)
         self._grid = grid
-        beam = int(self.options["beam"])
+        beam, stages = int(self.options["beam"]), int(self.options["stages"])
         e = int(self.options["candidates"]) // beam
-        delta = [grid[1, :, 0] - grid[0, :, 0]]
-        for _ in range(int(self.options["stages"]) - 2):
-            delta.append(delta[-1] / (e - 0.5))
-        offsets = torch.arange(e, dtype=grid.dtype, device=grid.device) / max(e - 1, 1) - 0.5
-
-        def expand(t: int):
-            def make(surv: torch.Tensor) -> torch.Tensor:
-                child = surv[:, None].repeat(1, e, 1, 1)                              # [W, e, G, 2]
-                child[..., 0] += offsets[None, :, None] * delta[t][None, None, :]
-                return child.reshape(-1, *surv.shape[1:])
-            return make
-
-        stages = int(self.options["stages"])
-        plan = [(lambda _surv: grid, beam if stages > 1 else 1)]
-        plan += [(expand(t), beam if t < stages - 2 else 1) for t in range(stages - 1)]
-        return plan
+        return [(lambda _surv: grid, beam if stages > 1 else 1),
+                *refinements(grid[1, :, 0] - grid[0, :, 0], e, stages - 1, beam)]
 
     # -- state ------------------------------------------------------------------------------------------------
     def to_per_tensor(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
@@ -217,9 +198,6 @@ class UniformGridQuantizer(KeepsRounding, Quantizer):
         s, _ = self._split(self.param, w.ndim)
         v = torch.div(w.detach(), s)
         self.rounding = torch.floor(v) + up.detach().to(v) - torch.round(v)
-
-    def clamp_step(self, param: torch.Tensor) -> torch.Tensor:
-        return torch.stack([param[..., 0].clamp(min=MIN_SCALE), param[..., 1]], dim=-1)
 
     def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         s = self.layout.expand(param[..., 0].clamp(min=MIN_SCALE), x.ndim)

@@ -36,7 +36,7 @@ import torch
 
 from ptq.errors import PTQError
 from ptq.metrics import get_metric
-from ptq.quant.fast_paths import linear_input_mse_scores, linear_weight_mse_scores
+from ptq.quant.fast_paths import mse_shortcut
 from ptq.quant.fpcs import beam_search as run_beam
 from ptq.quant.fpcs import self_scores
 from ptq.quant.modules import QLinear, QMatMul, QuantOp
@@ -73,10 +73,7 @@ class LayerSearch:
         if score == "self":
             def fn(cand):
                 return self_scores(q, x, cand, self.chunk_mb)
-        elif self.fast and isinstance(self.op, QLinear) and q.partner == "quantized" and (
-                operand == "weight" or q.layout.axis is None):
-            fast = linear_weight_mse_scores if operand == "weight" else linear_input_mse_scores
-
+        elif self.fast and (fast := mse_shortcut(self.op, operand, q)) is not None:
             def fn(cand):
                 return fast(self.op, cand, self.cap, self.chunk_mb)
         else:
