@@ -73,9 +73,36 @@ def test_hardening_by_hand_and_restore():
     assert torch.equal(fresh(w), expected)
 
 
+def test_asymmetric_rounding_keeps_the_zero_point_by_hand():
+    """RepQ-ViT's uniform_asym: 3 bits, D = 0.5, z = 2 (codes 0..7 stand for (c - 2) D)."""
+    q = QUANTIZERS["uniform_asym"](3, Layout())
+    q.set_param(torch.tensor([0.5]))
+    q.zero_point.fill_(2.0)
+    q.enabled = True
+    w = torch.tensor([0.3, 0.6, -0.7, 3.9, 0.25])     # w / D = 0.6, 1.2, -1.4, 7.8, 0.5
+    frac, up_nearest = q.floor_frac(w)
+    assert torch.allclose(frac, torch.tensor([0.6, 0.2, 0.6, 0.8, 0.5]), atol=1e-6)
+    assert torch.equal(up_nearest, torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0]))
+    # floor + up = 0, 2, -1, 8, 1; + z = 2, 4, 1, 10 (clipped to 7), 3; - z, times D:
+    expected = torch.tensor([0.0, 1.0, -0.5, 2.5, 0.5])
+    assert torch.equal(q.soft_fake(w, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0])), expected)
+    q.harden(w, torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0]))
+    assert torch.equal(q(w), expected)
+    assert torch.equal(q.rounding, torch.tensor([-1.0, 1.0, 0.0, 0.0, 1.0]))
+    fresh = QUANTIZERS["uniform_asym"](3, Layout())
+    fresh.restore(q.export())
+    fresh.enabled = True
+    assert torch.equal(fresh.zero_point, torch.tensor([2.0])) and torch.equal(fresh(w), expected)
+    step = torch.tensor([0.5], requires_grad=True)          # LSQ: gradient reaches D, z stays
+    q.fake_ste(torch.tensor([0.3, 5.0]), step).sum().backward()
+    # 0.3: (round(0.6) = 1) D -> d/dD = 1 - 0.6 (straight-through) ; 5.0: clipped at code 7, (7 - 2) D -> 5
+    assert torch.allclose(step.grad, torch.tensor([0.4 + 5.0]))
+
+
 def test_capabilities_are_declared_per_quantizer():
-    assert QUANTIZERS["uniform"].learnable_rounding and QUANTIZERS["uniform"].learnable_step
-    for kind in ("twin_softmax", "twin_gelu", "log2"):
+    for kind in ("uniform", "uniform_asym", "uniform_grid"):
+        assert QUANTIZERS[kind].learnable_rounding and QUANTIZERS[kind].learnable_step
+    for kind in ("twin_softmax", "twin_gelu", "log2", "log_sqrt2"):
         assert not QUANTIZERS[kind].learnable_rounding and not QUANTIZERS[kind].learnable_step
 
 
@@ -112,6 +139,28 @@ def test_zero_iterations_leave_the_calibrated_model_unchanged(compose, model):
     assert len(report.reconstruction["units"]) == (6 if model == "fmnist_vit" else 7)
     with torch.no_grad():
         assert torch.equal(m(recon[0]), ref(recon[0]))
+
+
+def test_reconstruction_learns_repq_vit_rounding_and_steps(compose):
+    """RepQ-ViT's quantizers declare the capabilities too: after its reparameterization the uniform_asym weights
+    learn their rounding and the uniform_asym activations their scales; log-sqrt(2) softmax and zero points stay."""
+    cfg, m, x, recon = _random_setup(compose, "quantizer=repq_vit", "recon=brecq", "recon.iters=4",
+                                     "recon.batch_size=8", "recon.warmup=0", "recon.lr_step=1e-3")
+    calibrated = copy.deepcopy(m)
+    quantize_model(calibrated, resolve_ptq_config(compose([*CALIB, "model.checkpoint=null", "quantizer=repq_vit"])),
+                   x, recon[1][:8], progress=False)
+    report = quantize_model(m, resolve_ptq_config(cfg), x, recon[1][:8], progress=False, recon_data=recon)
+    blocks = [r for r in report.reconstruction["units"] if r["unit"].startswith("blocks.")]
+    assert blocks and all(r["rounding_tensors"] == 4 and r["step_sizes"] > 0 and r["iters"] == 4 for r in blocks)
+    before, after = quant_ops(calibrated), quant_ops(m)
+    for name, op in after.items():
+        for operand, q in op.quantizers().items():
+            old = before[name].quantizer(operand)
+            if q.kind == "uniform_asym":
+                assert torch.equal(q.zero_point, old.zero_point), (name, operand)
+            if q.kind == "log_sqrt2":
+                assert torch.equal(q.param, old.param), (name, operand)
+    assert any(op.weight_quantizer.rounding is not None for op in after.values() if hasattr(op, "weight"))
 
 
 def test_learned_state_round_trips_through_save_and_load(compose, tmp_path):

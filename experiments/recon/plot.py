@@ -2,7 +2,11 @@
 width and reconstruction setting, mean ± std over the calibration seeds; a table (grid.md, grid.csv) and a plot
 (grid.png).
 
-    python experiments/recon/plot.py multirun/recon [--out experiments/recon]
+    python experiments/recon/plot.py multirun/recon [more folders] [--out experiments/recon] [--keep grid.csv]
+
+`--keep`: the cells of an earlier table (e.g. the committed grid.csv) that the folders do not hold stay in the
+table, so rows run on different machines at different times (the GPU's base_ptq / ptq4vit, the CPU's repq_vit /
+adalog) form one table; the `device` column says where each cell ran (its recon seconds are that machine's).
 """
 from __future__ import annotations
 
@@ -30,12 +34,13 @@ def load(folder: Path) -> pd.DataFrame:
         rows.append({"model": r["model"], "method": r["quantizer"], "bits": f"W{r['bits_w']}A{r['bits_a']}",
                      "recon": r["config"].get("recon", {}).get("name", "none"), "seed": r["config"]["calib"]["seed"],
                      "top1": r["top1"], "agreement": r["agreement"], "kl_fp32": r["kl_fp32"],
-                     "recon_s": rec.get("seconds", 0.0), "iters": rec.get("iters", 0), "num_test": r["num_test"]})
+                     "recon_s": rec.get("seconds", 0.0), "iters": rec.get("iters", 0), "num_test": r["num_test"],
+                     "device": r.get("env", {}).get("device_name", "?")})
     return pd.DataFrame(rows)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    g = df.groupby(["model", "method", "bits", "recon"])
+    g = df.groupby(["model", "method", "bits", "recon", "device"])
     out = g.agg(n=("seed", "size"), top1=("top1", "mean"), top1_std=("top1", "std"), agreement=("agreement", "mean"),
                 agreement_std=("agreement", "std"), kl=("kl_fp32", "mean"), kl_std=("kl_fp32", "std"),
                 recon_s=("recon_s", "mean"), iters=("iters", "max")).reset_index()
@@ -44,12 +49,13 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(s: pd.DataFrame) -> str:
-    lines = ["| model | method | bits | recon | seeds | top-1 | agreement | KL(fp32 ‖ q) | recon s (iters/unit) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | method | bits | recon | seeds | top-1 | agreement | KL(fp32 ‖ q) | recon s (iters/unit) "
+             "| device |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in s.iterrows():
         lines.append(f"| {r.model} | {r.method} | {r.bits} | {r.recon} | {r.n} | {r.top1:.2f} ± {r.top1_std:.2f} | "
                      f"{r.agreement:.2f} ± {r.agreement_std:.2f} | {r.kl:.4f} ± {r.kl_std:.4f} | "
-                     f"{r.recon_s:.0f} ({r.iters}) |")
+                     f"{r.recon_s:.0f} ({r.iters}) | {r.device} |")
     return "\n".join(lines)
 
 
@@ -83,14 +89,28 @@ def plot(s: pd.DataFrame, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", type=Path)
+    ap.add_argument("folders", type=Path, nargs="+")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    ap.add_argument("--keep", type=Path, default=None, help="an earlier grid.csv whose other cells stay")
     args = ap.parse_args()
-    df = load(args.folder)
+    df = pd.concat([load(f) for f in args.folders], ignore_index=True)
     s = summarize(df)
+    kept = 0
+    if args.keep is not None:
+        old = pd.read_csv(args.keep)
+        if "device" not in old:
+            old["device"] = "?"
+        key = ["model", "method", "bits", "recon"]
+        new_keys = set(map(tuple, s[key].values))
+        old = old[[tuple(k) not in new_keys for k in old[key].values]]
+        kept = len(old)
+        s = pd.concat([old, s], ignore_index=True)
+        s["order"] = s["recon"].map(RECONS.index)
+        s = s.sort_values(["model", "method", "bits", "order"]).drop(columns="order").reset_index(drop=True)
     s.to_csv(args.out / "grid.csv", index=False)
+    source = ", ".join(map(str, args.folders)) + (f" and {kept} cells kept from {args.keep}" if kept else "")
     (args.out / "grid.md").write_text(f"# Reconstruction grid (experiment=recon)\n\n{len(df)} runs from "
-                                      f"{args.folder}; mean ± std over calibration seeds.\n\n{markdown(s)}\n")
+                                      f"{source}; mean ± std over calibration seeds.\n\n{markdown(s)}\n")
     plot(s, args.out / "grid.png")
     print(markdown(s))
 

@@ -8,13 +8,7 @@
 #   run tool: carry [".whl", ".devcarry"], command: bash experiments/recon/run_device.sh
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-export PYTHONUNBUFFERED=1 WANDB_MODE=disabled HF_HUB_OFFLINE=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "error: installing the wheels in .whl/ failed"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD
-mkdir -p /usr/share/datasets && cp -r .devcarry/fashion-mnist /usr/share/datasets/
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-OUTDIR=${OUT:-/tmp}
+source experiments/device_env.sh
 GRID_S=${GRID_S:-300}
 timeout "$GRID_S" python3 run.py experiment=recon model=fmnist_vit,fmnist_swin device=cuda logger=none progress=false \
   threads=1 data.max_test=2000 hydra/launcher=joblib hydra.launcher.n_jobs=12 > "$OUTDIR/grid.log" 2>&1

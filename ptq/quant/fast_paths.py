@@ -62,8 +62,7 @@ def linear_input_mse_scores(op: QLinear, params: torch.Tensor, cap: dict[str, to
     per = xf.numel() * (3 if widen else 2) + (0 if widen else base.numel())
     step = max(1, int(chunk_mb * 2**20 / 4 // per))   # candidates are scored one by one: memory bound only
     scores = torch.empty(params.shape[0], 1, dtype=torch.float64, device=params.device)
-    for c0 in range(0, params.shape[0], step):
-        xq = op.input_quantizer.fake(xf, params[c0:c0 + step])                   # [c, N, in]
+    for sel, xq in op.input_quantizer.fake_chunks(xf, params, step):            # [c, N, in]
         if widen:
             d = xq.sub_(xf)
             sse = (torch.matmul(d, gram).mul_(d).sum(dim=(1, 2)).double()
@@ -71,7 +70,7 @@ def linear_input_mse_scores(op: QLinear, params: torch.Tensor, cap: dict[str, to
         else:
             out = torch.matmul(xq, w.t()).add_(base)
             sse = out.square_().sum(dim=(1, 2)).double()
-        scores[c0:c0 + step, 0] = -sse.clamp_(min=0) / (t * n_out)
+        scores[sel, 0] = -sse.clamp_(min=0) / (t * n_out)
     return scores
 
 

@@ -24,16 +24,15 @@ def self_scores(q: Quantizer, x: torch.Tensor, cand: torch.Tensor, chunk_mb: flo
     """-mean (x - Q(x))^2 per scale group of q for every candidate -> [C, G] (weight / input self score)."""
     per = max(1, x.numel() * 3)
     step = max(1, int(chunk_mb * 2 ** 20 / 4 // per))
-    out = []
-    for c0 in range(0, cand.shape[0], step):
-        d = q.fake(x, cand[c0:c0 + step]).sub_(x).square_()                       # [c, *x.shape]
+    out = torch.empty(cand.shape[0], q.layout.groups, dtype=torch.float64, device=cand.device)
+    for sel, fq in q.fake_chunks(x, cand, step):
+        d = fq.sub_(x).square_()                                                   # [c, *x.shape]
         if q.layout.axis is None:
-            out.append(d.reshape(d.shape[0], 1, -1).mean(dim=-1).neg())
+            out[sel] = d.reshape(d.shape[0], 1, -1).mean(dim=-1).neg().double()
         else:
-            ax = q.layout.axis
-            g = d.movedim(ax, 1).reshape(d.shape[0], q.layout.groups, -1)
-            out.append(g.mean(dim=-1).neg())
-    return torch.cat(out).double()
+            g = d.movedim(q.layout.axis, 1).reshape(d.shape[0], q.layout.groups, -1)
+            out[sel] = g.mean(dim=-1).neg().double()
+    return out
 
 
 def keep_best(cand: torch.Tensor, scores: torch.Tensor, keep: int) -> torch.Tensor:

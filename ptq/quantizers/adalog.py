@@ -21,6 +21,7 @@ the same in search and inference -- the two differ by about 1e-15 s per exact ze
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -106,6 +107,26 @@ class AdaLogQuantizer(Quantizer):
     def _out_shift(self) -> float:
         return 0.0 if bool(self.folded) else self.shift
 
+    def _level_tables(self, p: torch.Tensor, how: str) -> torch.Tensor:
+        """Every value candidate p [C, 2] can take -> [C, L + 1]: the dequant formula on its codes 0..L-1 (minus
+        the shift, once per level instead of once per value), then a zero at index L."""
+        codes = torch.arange(self.top_code + 1, dtype=p.dtype, device=p.device)
+        levels = self.dequant(codes[None, :], p[:, :1], p[:, 1:], how)                  # [C, L]
+        levels = torch.cat([levels, torch.zeros_like(levels[:, :1])], dim=1)
+        return levels - self._out_shift() if self._out_shift() else levels
+
+    @staticmethod
+    def _gather(levels: torch.Tensor, idx: torch.Tensor, per_candidate: bool) -> torch.Tensor:
+        """levels [C, W] at the raw codes idx ([C, *shape] if per_candidate, else one candidate's [*shape]); a
+        masked value has a code > top_code, clamped to W - 1: the zero."""
+        width = levels.shape[1]
+        idx = idx.clamp_(max=width - 1)
+        if per_candidate and levels.shape[0] > 1:   # candidate c's levels start at c * width (exact in float)
+            idx += (torch.arange(levels.shape[0], device=idx.device, dtype=idx.dtype) * width).reshape(
+                -1, *([1] * (idx.ndim - 1)))
+        # an int32 index_select is the fastest CPU gather (a third of take's time)
+        return levels.reshape(-1).index_select(0, idx.int().reshape(-1)).reshape(idx.shape)
+
     def _quantize(self, x: torch.Tensor, params: torch.Tensor, how: str) -> torch.Tensor:
         s = self.layout.expand(params[..., 0], x.ndim)
         q = self.layout.expand(params[..., 1], x.ndim)
@@ -114,13 +135,7 @@ class AdaLogQuantizer(Quantizer):
             # one group: look the value up in the candidate's level table (the same dequant formula evaluated on
             # its 2^b codes, plus a zero): identical values, one gather instead of the per-element power
             p = params.reshape(-1, 2)                                              # [C, 2]
-            codes = torch.arange(self.top_code + 1, dtype=p.dtype, device=p.device)
-            levels = self.dequant(codes[None, :], p[:, :1], p[:, 1:], how)         # [C, L]
-            levels = torch.cat([levels, torch.zeros_like(levels[:, :1])], dim=1)   # index L: zero
-            if self._out_shift():
-                levels = levels - self._out_shift()          # the shift, once per level instead of per value
-            width = levels.shape[1]
-            # a masked value has code > top_code before clamping: the raw code clamped at L indexes the zero
+            levels = self._level_tables(p, how)
             scales, which = torch.unique(p[:, 0], return_inverse=True) if p.shape[0] > 1 else (p[:, 0], None)
             if which is not None and len(scales) < p.shape[0]:
                 # candidates sharing scales (the q list, the scale x q grid): -log2(u) r once per scale, then / q
@@ -130,15 +145,38 @@ class AdaLogQuantizer(Quantizer):
                 idx = v.div(q.reshape(-1, *([1] * xs.ndim))).round_()
             else:
                 idx = self.raw_codes(xs, s, q)
-            idx = idx.clamp_(max=width - 1)
-            if params.ndim > 2:   # candidate c's levels start at c * width in the flattened tables (exact in float)
-                idx += (torch.arange(p.shape[0], device=x.device, dtype=idx.dtype) * width).reshape(
-                    -1, *([1] * (idx.ndim - 1)))
-            # a gather of the levels; an int32 index_select is the fastest CPU gather (a third of take's time)
-            return levels.reshape(-1).index_select(0, idx.int().reshape(-1)).reshape(idx.shape)
+            return self._gather(levels, idx, params.ndim > 2)
         c, keep = self.codes(xs, s, q)
         out = torch.where(keep, self.dequant(c, s, q, how), torch.zeros((), dtype=x.dtype, device=x.device))
         return out - self._out_shift() if self._out_shift() else out
+
+    def fake_chunks(self, x: torch.Tensor, params: torch.Tensor,
+                    step: int) -> Iterator[tuple[slice | torch.Tensor, torch.Tensor]]:
+        """One group: the shifted operand once for all candidates, and -log2(x / s) r once per distinct scale of
+        the whole candidate set (the q list: once; the scale x q grid: once per scale point) instead of once per
+        chunk; candidates of one scale come together. The same operations on the same values as `fake`."""
+        if self.layout.groups != 1 or params.ndim != 3:
+            yield from super().fake_chunks(x, params, step)
+            return
+        how = self.options["dequant"]
+        xs = x + self.shift if self.shift else x
+        p = params.reshape(-1, 2)
+        lead = (-1, *([1] * xs.ndim))
+        levels = self._level_tables(p, how)
+        scales, which = torch.unique(p[:, 0], return_inverse=True)
+        if len(scales) == p.shape[0]:   # every scale distinct (the refinement stages): in order, chunk by chunk
+            for c0 in range(0, p.shape[0], step):
+                sel = slice(c0, c0 + step)
+                idx = self.raw_codes(xs, p[sel, 0].reshape(lead), p[sel, 1].reshape(lead))
+                yield sel, self._gather(levels[sel], idx, True)
+            return
+        for u in range(len(scales)):
+            members = (which == u).nonzero().flatten()
+            v = self.raw_codes(xs, scales[u:u + 1].reshape(lead), None)[0]
+            for c0 in range(0, len(members), step):
+                sel = members[c0:c0 + step]
+                idx = v.div(p[sel, 1].reshape(lead)).round_()
+                yield sel, self._gather(levels[sel], idx, True)
 
     def fake(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         return self._quantize(x, params, self.options["dequant"])

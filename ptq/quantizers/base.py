@@ -19,7 +19,7 @@ automatically) + a YAML in conf/quantizer/ that selects it for an operand (see R
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -105,6 +105,15 @@ class Quantizer(nn.Module):
     def fake(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Quantize-dequantize x with params [G] (-> x.shape) or candidates [C, G] (-> [C, *x.shape])."""
         raise NotImplementedError
+
+    def fake_chunks(self, x: torch.Tensor, params: torch.Tensor,
+                    step: int) -> Iterator[tuple[slice | torch.Tensor, torch.Tensor]]:
+        """Fake-quantize x under every candidate of params [C, ...], at most `step` candidates at a time: yields
+        (which candidates: a slice or indices into C, their values [c, *x.shape]). The search's scorers go through
+        this, so a quantizer may order the candidates or share work between them (AdaLog: -log2(x / s) once per
+        distinct scale); the values must equal `fake`'s."""
+        for c0 in range(0, params.shape[0], step):
+            yield slice(c0, c0 + step), self.fake(x, params[c0:c0 + step])
 
     def stat(self, x: torch.Tensor) -> torch.Tensor | None:
         """Calibration statistic of x per group, combined over batches by max (default: max |x|)."""
@@ -217,7 +226,8 @@ class KeepsRounding:
         return state
 
     def restore(self, saved: dict[str, torch.Tensor]) -> None:
-        self.set_param(saved["param"])
+        self.rounding = None
+        super().restore(saved)   # param and the other buffers (e.g. a zero point)
         self.rounding = saved["rounding"].to(self.param) if "rounding" in saved else None
 
 

@@ -5,7 +5,9 @@ point z [G] is a second buffer, exported and restored with it. Initialization pe
 (0.999, 0.9999, 0.99999), hi = quantile(x, p), lo = quantile(x, 1 - p), D = (hi - lo) / (2^b - 1),
 z = round(-lo / D); keep the (D, z) of the lowest mean squared error over the group's values (the first on ties).
 Not searched (RepQ-ViT is calibration-only); `candidates` offers the usual scale grid with z fixed, for a recipe
-that does search it. Both forms are the same arithmetic.
+that does search it. Both forms are the same arithmetic. Block reconstruction (ptq/recon/) may learn a weight's
+rounding (AdaRound; kept as `rounding`, each code's offset in {-1, 0, 1} from nearest, saved with the parameters)
+and the scale D (LSQ); the zero point stays where the calibration put it.
 
 Choices the spec leaves open (written down here):
 - a group whose percentiles coincide (D = 0, e.g. a constant channel) gets D = 1e-8 instead of dividing by zero;
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ptq.quantizers.base import Layout, Quantizer, grid_candidates, register_quantizer, safe_scale
+from ptq.quantizers.base import KeepsRounding, Layout, Quantizer, grid_candidates, register_quantizer, safe_scale
 from ptq.quantizers.percentile import NO_SCORE, PERCENTILES, KeepsValues, quantile
 
 
@@ -42,18 +44,24 @@ def percentile_fit(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch
 
 
 @register_quantizer("uniform_asym")
-class UniformAsymQuantizer(KeepsValues, Quantizer):
+class UniformAsymQuantizer(KeepsRounding, KeepsValues, Quantizer):
     signed = False
     domain = "real"
     searched = False
+    learnable_rounding = True
+    learnable_step = True
 
     def __init__(self, bits: int, layout: Layout, form: str = "paper", partner: str = "quantized", **options):
         super().__init__(bits, layout, form=form, partner=partner, **options)
         self.register_buffer("zero_point", torch.zeros(layout.groups))
+        self.register_buffer("rounding", None)   # learned rounding offsets (reconstruction); None: nearest
 
     def fake(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        return quantize_asym(x, self.layout.expand(params, x.ndim), self.layout.expand(self.zero_point, x.ndim),
-                             self.bits)
+        s, z = self.layout.expand(params, x.ndim), self.layout.expand(self.zero_point, x.ndim)
+        if self.rounding is None:
+            return quantize_asym(x, s, z, self.bits)
+        codes = torch.div(x, s).round_().add_(self.rounding).add_(z).clamp_(0, 2 ** self.bits - 1)
+        return codes.sub_(z).mul_(s)
 
     def from_stat(self, stat: torch.Tensor) -> torch.Tensor:
         """The percentile fit of every observed value; sets the zero point, returns the scale."""
@@ -74,5 +82,27 @@ class UniformAsymQuantizer(KeepsValues, Quantizer):
         self.initialized = True
 
     def export(self) -> dict[str, torch.Tensor]:
-        return {"param": self.param.detach().clone(), "scale": self.param.detach().clone(),
-                "zero_point": self.zero_point.detach().clone(), "code_range": torch.tensor([0, 2 ** self.bits - 1])}
+        return self.with_rounding({"param": self.param.detach().clone(), "scale": self.param.detach().clone(),
+                                   "zero_point": self.zero_point.detach().clone(),
+                                   "code_range": torch.tensor([0, 2 ** self.bits - 1])})
+
+    # -- reconstruction (the zero point stays fixed) --------------------------------------------------------------
+    def floor_frac(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v = torch.div(w, self.layout.expand(self.param, w.ndim))
+        low = torch.floor(v)
+        return v - low, torch.round(v) - low
+
+    def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        s, z = self.layout.expand(self.param, w.ndim), self.layout.expand(self.zero_point, w.ndim)
+        codes = torch.floor(torch.div(w, s)) + up + z
+        return (codes.clamp(0, 2 ** self.bits - 1) - z) * s
+
+    def harden(self, w: torch.Tensor, up: torch.Tensor) -> None:
+        v = torch.div(w.detach(), self.layout.expand(self.param, w.ndim))
+        self.rounding = torch.floor(v) + up.detach().to(v) - torch.round(v)
+
+    def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        s, z = self.layout.expand(param, x.ndim), self.layout.expand(self.zero_point, x.ndim)
+        v = x / s
+        codes = v + (torch.round(v) - v).detach()
+        return ((codes + z).clamp(0, 2 ** self.bits - 1) - z) * s
