@@ -163,6 +163,15 @@ def test_reconstruction_learns_repq_vit_rounding_and_steps(compose):
     assert any(op.weight_quantizer.rounding is not None for op in after.values() if hasattr(op, "weight"))
 
 
+def test_reconstruction_refuses_a_model_whose_after_reconstruct_stage_ran(compose):
+    """Once a stage that must follow reconstruction has run (AdaLog's shift fold), the model with its quantizers
+    off is no longer the float model, so reconstructing it again would fit a wrong target: a one-line error."""
+    cfg, m, x, recon = _random_setup(compose, "quantizer=base_ptq", "recon=brecq", "recon.iters=0")
+    m._ptq_after_reconstruct = "fold_shift"
+    with pytest.raises(PTQError, match=r"recon.name=brecq cannot run .* stage fold_shift already ran"):
+        quantize_model(m, resolve_ptq_config(cfg), x, recon[1][:8], progress=False, recon_data=recon)
+
+
 def test_learned_state_round_trips_through_save_and_load(compose, tmp_path):
     overrides = ["quantizer=ptq4vit", "recon=qdrop", "recon.iters=6", "recon.batch_size=8", "recon.warmup=0",
                  "recon.lr_step=1e-3"]

@@ -164,6 +164,8 @@ def run_recipe(model: nn.Module, ops: dict[str, QuantOp], pcfg: PTQConfig, x: to
     for name in recipe_stages(pcfg):
         t1 = time.time()
         STAGES[name](state)
+        if name in AFTER_RECONSTRUCT:   # reconstruction must not run on this model again (ptq/recon/stage.py)
+            model._ptq_after_reconstruct = name
         state.report.stages.append(name)
         state.report.seconds[f"stage_{name}"] = time.time() - t1
     set_quant_enabled(model, True)

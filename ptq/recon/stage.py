@@ -177,6 +177,10 @@ def reconstruct(state: RecipeState) -> None:
     if state.recon_data is None:
         raise PTQError(f"recon.name={rc.name} needs reconstruction images; valid: pass recon_x/recon_y to "
                        f"quantize_model (run.py draws recon.n_images train images)")
+    done = getattr(model, "_ptq_after_reconstruct", None)
+    if done:   # e.g. AdaLog's shift fold: with quantizers off the model is no longer the float target
+        raise PTQError(f"recon.name={rc.name} cannot run on a model whose stage {done} already ran (it must follow "
+                       f"reconstruction); valid: reconstruct a model calibrated without it, then run {done}")
     t0 = time.time()
     x = state.recon_data[0].to(state.device)
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
