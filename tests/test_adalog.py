@@ -141,7 +141,9 @@ def test_shift_and_fold_leave_fc2_output_unchanged():
 ZGRID = {  # (operand, bits) -> (Z, first z) from the section 3.2 table
     ("weight", 3): (4, 2), ("weight", 4): (8, 4), ("weight", 6): (16, 24),
     ("input", 3): (8, 0), ("input", 4): (16, 0), ("input", 6): (16, 24),
-    ("conv", 3): (4, 2), ("conv", 4): (8, 4), ("conv", 6): (32, 16)}
+    ("conv", 3): (4, 2), ("conv", 4): (8, 4), ("conv", 6): (32, 16),
+    # before the reference's commit 75a57d2 (section 3.2): linear weights / matmul operands with Z = n
+    ("weight_prefix", 3): (4, 2), ("weight_prefix", 4): (8, 4), ("weight_prefix", 6): (32, 16)}
 
 
 @pytest.mark.parametrize("operand,bits", sorted(ZGRID))

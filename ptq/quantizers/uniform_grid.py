@@ -9,7 +9,9 @@ Candidates (section 3.2), per group with linearly interpolated quantiles P_p of 
 d_lo = P_0.9 - P_0.1, d_hi = P_1 - P_0, s_i = (d_lo + i / (S - 1) (d_hi - d_lo)) / (2^b - 1), i = 0..S-1, and
 z_j = n - Z / 2 + j, j = 0..Z-1 (n = 2^(b-1)); candidate k = j S + i, Z S = `candidates` (128). Z by operand
 (option `z_grid`): `weight` (linear weights, matmul operands) min(16, n); `input` (linear inputs) min(16, 2n),
-scales clamped to >= 1e-4; `conv` (patch-embedding weights) n.
+scales clamped to >= 1e-4; `conv` (patch-embedding weights) n; `weight_prefix`: the linear-weight / matmul grid
+before the reference's commit 75a57d2, Z = n (differs from `weight` at 6 bits only: 32 x 4, z in 16..47), which
+the reference README's 6-bit numbers used (SPEC-adalog 3.2, quirk 17).
 Beam refinement (section 3.4): keep `beam` pairs per group; each spawns e = candidates / beam children
 (s + (k / (e - 1) - 1/2) delta_t, z), delta_1 = s_1 - s_0, delta_{t+1} = delta_t / (e - 1/2), `stages` stages.
 
@@ -29,7 +31,7 @@ from ptq.quantizers.base import KeepsRounding, Layout, Quantizer, refinements, r
 from ptq.quantizers.uniform_asym import quantize_asym
 
 CHUNK_LIMIT = 2 ** 24
-Z_GRIDS = ("weight", "input", "conv")
+Z_GRIDS = ("weight", "input", "conv", "weight_prefix")
 MIN_SCALE = 1e-8
 
 
@@ -120,7 +122,7 @@ class UniformGridQuantizer(KeepsRounding, Quantizer):
     # -- candidates -------------------------------------------------------------------------------------------------
     def z_count(self) -> int:
         n = 2 ** (self.bits - 1)
-        return {"weight": min(16, n), "input": min(16, 2 * n), "conv": n}[self.options["z_grid"]]
+        return {"weight": min(16, n), "input": min(16, 2 * n), "conv": n, "weight_prefix": n}[self.options["z_grid"]]
 
     def grid(self, x: torch.Tensor) -> torch.Tensor:
         """The section 3.2 candidates of operand x -> [C, G, 2], candidate k = j S + i."""
