@@ -81,6 +81,9 @@ def plot(s: pd.DataFrame, path: Path) -> None:
             ax.set_ylabel(label)
             if key == "kl_fp32":
                 ax.set_yscale("log")
+            else:   # the differences are a few points: start the axis just below the lowest bar
+                low = sm["agreement"].min()
+                ax.set_ylim(max(0.0, low - 3), 100)
             ax.set_title(model)
             ax.legend(title="recon", fontsize=8)
     fig.tight_layout()
