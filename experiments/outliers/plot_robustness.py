@@ -45,13 +45,15 @@ def plot(table: pd.DataFrame, path: Path, dpi: int = 80) -> None:
     models = list(dict.fromkeys(table["model"]))
     fig, axes = plt.subplots(len(MEASURES), len(models), figsize=(5 * len(models), 3.4 * len(MEASURES)),
                              squeeze=False)
+    lines = sorted(set(zip(table["method"], table["bits"])))   # one colour per (method, bits) in every panel
+    colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(lines)}
     for j, model in enumerate(models):
         sub = table[table["model"] == model]
         for (method, bits), line in sub.groupby(["method", "bits"], sort=True):
             for i, (key, _label) in enumerate(MEASURES):
                 col = "drop" if key == "drop" else "kl"
                 axes[i, j].errorbar(line["range_ratio"], line[f"{col}_mean"], yerr=line[f"{col}_std"].fillna(0),
-                                    marker="o", capsize=3, label=f"{method} {bits}")
+                                    marker="o", capsize=3, label=f"{method} {bits}", color=colours[(method, bits)])
         ticks = sub.drop_duplicates("outliers")
         for i, (key, label) in enumerate(MEASURES):
             ax = axes[i, j]
@@ -70,7 +72,8 @@ def plot(table: pd.DataFrame, path: Path, dpi: int = 80) -> None:
             ax.set_title(model, fontsize=9)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize=7)
+    for ax in axes[0]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
