@@ -43,8 +43,45 @@ def percentile_fit(values: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch
     return best_d, best_z
 
 
+class AsymmetricRounding(KeepsRounding):
+    """Mix-in for an asymmetric uniform quantizer whose `_split(params, ndim)` gives its scale and zero point
+    broadcast against an operand: the fake quantization with learned rounding offsets, and what block
+    reconstruction learns of it (AdaRound rounding, LSQ scale; the zero point stays fixed). Shared by
+    `uniform_asym` (RepQ-ViT; zero point a buffer) and `uniform_grid` (AdaLog; zero point in `param`)."""
+
+    def fake(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        s, z = self._split(params, x.ndim)
+        if self.rounding is None:
+            return quantize_asym(x, s, z, self.bits)
+        codes = torch.div(x, s).round_().add_(self.rounding).add_(z).clamp_(0, 2 ** self.bits - 1)
+        return codes.sub_(z).mul_(s)
+
+    def floor_frac(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s, _ = self._split(self.param, w.ndim)
+        v = torch.div(w, s)
+        low = torch.floor(v)
+        return v - low, torch.round(v) - low
+
+    def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        s, z = self._split(self.param, w.ndim)
+        codes = torch.floor(torch.div(w, s)) + up + z
+        return (codes.clamp(0, 2 ** self.bits - 1) - z) * s
+
+    def harden(self, w: torch.Tensor, up: torch.Tensor) -> None:
+        s, _ = self._split(self.param, w.ndim)
+        v = torch.div(w.detach(), s)
+        self.rounding = torch.floor(v) + up.detach().to(v) - torch.round(v)
+
+    def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+        s, z = self._split(param, x.ndim)
+        z = z.detach()
+        v = x / s
+        codes = v + (torch.round(v) - v).detach()
+        return ((codes + z).clamp(0, 2 ** self.bits - 1) - z) * s
+
+
 @register_quantizer("uniform_asym")
-class UniformAsymQuantizer(KeepsRounding, KeepsValues, Quantizer):
+class UniformAsymQuantizer(AsymmetricRounding, KeepsValues, Quantizer):
     signed = False
     domain = "real"
     searched = False
@@ -56,12 +93,8 @@ class UniformAsymQuantizer(KeepsRounding, KeepsValues, Quantizer):
         self.register_buffer("zero_point", torch.zeros(layout.groups))
         self.register_buffer("rounding", None)   # learned rounding offsets (reconstruction); None: nearest
 
-    def fake(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        s, z = self.layout.expand(params, x.ndim), self.layout.expand(self.zero_point, x.ndim)
-        if self.rounding is None:
-            return quantize_asym(x, s, z, self.bits)
-        codes = torch.div(x, s).round_().add_(self.rounding).add_(z).clamp_(0, 2 ** self.bits - 1)
-        return codes.sub_(z).mul_(s)
+    def _split(self, params: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layout.expand(params, ndim), self.layout.expand(self.zero_point, ndim)
 
     def from_stat(self, stat: torch.Tensor) -> torch.Tensor:
         """The percentile fit of every observed value; sets the zero point, returns the scale."""
@@ -85,24 +118,3 @@ class UniformAsymQuantizer(KeepsRounding, KeepsValues, Quantizer):
         return self.with_rounding({"param": self.param.detach().clone(), "scale": self.param.detach().clone(),
                                    "zero_point": self.zero_point.detach().clone(),
                                    "code_range": torch.tensor([0, 2 ** self.bits - 1])})
-
-    # -- reconstruction (the zero point stays fixed) --------------------------------------------------------------
-    def floor_frac(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        v = torch.div(w, self.layout.expand(self.param, w.ndim))
-        low = torch.floor(v)
-        return v - low, torch.round(v) - low
-
-    def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        s, z = self.layout.expand(self.param, w.ndim), self.layout.expand(self.zero_point, w.ndim)
-        codes = torch.floor(torch.div(w, s)) + up + z
-        return (codes.clamp(0, 2 ** self.bits - 1) - z) * s
-
-    def harden(self, w: torch.Tensor, up: torch.Tensor) -> None:
-        v = torch.div(w.detach(), self.layout.expand(self.param, w.ndim))
-        self.rounding = torch.floor(v) + up.detach().to(v) - torch.round(v)
-
-    def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-        s, z = self.layout.expand(param, x.ndim), self.layout.expand(self.zero_point, x.ndim)
-        v = x / s
-        codes = v + (torch.round(v) - v).detach()
-        return ((codes + z).clamp(0, 2 ** self.bits - 1) - z) * s

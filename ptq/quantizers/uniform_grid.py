@@ -27,8 +27,8 @@ import math
 import torch
 
 from ptq.errors import PTQError, choices
-from ptq.quantizers.base import KeepsRounding, Layout, Quantizer, refinements, register_quantizer
-from ptq.quantizers.uniform_asym import quantize_asym
+from ptq.quantizers.base import Layout, Quantizer, refinements, register_quantizer
+from ptq.quantizers.uniform_asym import AsymmetricRounding
 
 CHUNK_LIMIT = 2 ** 24
 Z_GRIDS = ("weight", "input", "conv", "weight_prefix")
@@ -67,7 +67,7 @@ def chunked_quantiles(values: torch.Tensor, ps: tuple[float, ...], chunk_average
 
 
 @register_quantizer("uniform_grid")
-class UniformGridQuantizer(KeepsRounding, Quantizer):
+class UniformGridQuantizer(AsymmetricRounding, Quantizer):
     signed = False
     domain = "real"
     searched = True
@@ -95,13 +95,6 @@ class UniformGridQuantizer(KeepsRounding, Quantizer):
     def _split(self, params: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.layout.expand(params[..., 0].clamp(min=MIN_SCALE), ndim)
         return s, self.layout.expand(params[..., 1], ndim)
-
-    def fake(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        s, z = self._split(params, x.ndim)
-        if self.rounding is None:
-            return quantize_asym(x, s, z, self.bits)
-        codes = torch.div(x, s).round_().add_(self.rounding).add_(z).clamp_(0, 2 ** self.bits - 1)
-        return codes.sub_(z).mul_(s)
 
     def from_stat(self, stat: torch.Tensor | None) -> torch.Tensor:
         """Min-max start (for recipes that initialize by min-max): s = (max - min) / (2^b - 1), z = round(-min / s)."""
@@ -183,27 +176,3 @@ class UniformGridQuantizer(KeepsRounding, Quantizer):
         return self.with_rounding({"param": self.param.detach().clone(), "scale": self.param[:, 0].detach().clone(),
                                    "zero_point": self.param[:, 1].detach().clone(),
                                    "code_range": torch.tensor([0, 2 ** self.bits - 1])})
-
-    # -- reconstruction (zero points stay fixed; only the scale column learns) ------------------------------------
-    def floor_frac(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        s, _ = self._split(self.param, w.ndim)
-        v = torch.div(w, s)
-        low = torch.floor(v)
-        return v - low, torch.round(v) - low
-
-    def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        s, z = self._split(self.param, w.ndim)
-        codes = torch.floor(torch.div(w, s)) + up + z
-        return (codes.clamp(0, 2 ** self.bits - 1) - z) * s
-
-    def harden(self, w: torch.Tensor, up: torch.Tensor) -> None:
-        s, _ = self._split(self.param, w.ndim)
-        v = torch.div(w.detach(), s)
-        self.rounding = torch.floor(v) + up.detach().to(v) - torch.round(v)
-
-    def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-        s = self.layout.expand(param[..., 0].clamp(min=MIN_SCALE), x.ndim)
-        z = self.layout.expand(param[..., 1].detach(), x.ndim)
-        v = x / s
-        codes = v + (torch.round(v) - v).detach()
-        return ((codes + z).clamp(0, 2 ** self.bits - 1) - z) * s
