@@ -248,6 +248,30 @@ def test_adalog_fpcs_896_candidates_and_delta():
         assert b == pytest.approx(a / 3.5, rel=1e-3)
 
 
+@pytest.mark.parametrize("form", ["official", "paper"])
+@pytest.mark.parametrize("case", ["q_list", "scale_x_q", "distinct"])
+def test_candidate_sets_equal_one_candidate_at_a_time(form, case):
+    """`fake` of a candidate set and `fake_chunks` (work shared per distinct scale) give, bit for bit, what `fake`
+    gives for each candidate alone; fake_chunks yields every candidate exactly once."""
+    torch.manual_seed(1)
+    x = nn.functional.gelu(torch.randn(4, 30) * 2)
+    q = adalog(4, form=form, shift=GELU_SHIFT)
+    scales = {"q_list": [3.0], "scale_x_q": [2.5, 3.0, 4.0], "distinct": []}[case]
+    if case == "distinct":
+        cand = torch.stack([torch.linspace(2.0, 5.0, 9), torch.arange(20.0, 29.0)], 1)
+    else:
+        cand = torch.tensor([[s, qv] for s in scales for qv in (12.0, 37.0, 50.0, 91.0)])
+    cand = cand[torch.randperm(len(cand))].unsqueeze(1)                          # [C, 1, 2], scales interleaved
+    alone = torch.stack([q.fake(x, c) for c in cand])                            # c: [1, 2], one candidate
+    assert torch.equal(q.fake(x, cand), alone)
+    seen = []
+    for sel, values in q.fake_chunks(x, cand, step=3):
+        idx = torch.arange(len(cand))[sel]
+        assert values.shape[0] <= 3 and torch.equal(values, alone[idx])
+        seen += idx.tolist()
+    assert sorted(seen) == list(range(len(cand)))
+
+
 def test_adalog_start_and_softmax_plan():
     x = nn.functional.gelu(torch.randn(500) * 2)
     q = adalog(4, shift=GELU_SHIFT)

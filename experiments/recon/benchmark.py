@@ -92,8 +92,8 @@ def write(path_json: Path, rows: list[dict], meta: dict, argv: str) -> None:
     old = json.loads(path_json.read_text())["rows"] if path_json.is_file() else []
     key = ("method", "bits", "recon")
     new_keys = {tuple(r[k] for k in key) for r in rows}
-    order = {(m, b, r): i for i, (m, b, r) in enumerate(
-        (m, b, r) for m in ("base_ptq", "ptq4vit") for b in ("W4A4", "W3A3") for r in ("none", "brecq", "qdrop"))}
+    methods, bits, recons = ("base_ptq", "ptq4vit", "repq_vit", "adalog"), ("W4A4", "W3A3"), ("none", "brecq", "qdrop")
+    order = {(m, b, r): i for i, (m, b, r) in enumerate((m, b, r) for m in methods for b in bits for r in recons)}
     merged = sorted([r for r in old if tuple(r[k] for k in key) not in new_keys] + rows,
                     key=lambda r: order.get(tuple(r[k] for k in key), len(order)))
     path_json.write_text(json.dumps({"meta": meta, "rows": merged}, indent=1) + "\n")
@@ -103,9 +103,9 @@ def write(path_json: Path, rows: list[dict], meta: dict, argv: str) -> None:
           "next 1024 train images of the same permutation; default reconstruction settings (ptq/schema.py, "
           "ReconConfig: 300 steps per unit, batch 32). calib_s: the method's calibration; recon_s: the whole "
           "`reconstruct` stage (captures, all 6 units, hardening); s_per_block: mean over the 4 transformer blocks. "
-          "Wall-clock seconds on a machine whose 2 cores were shared with other engineers' jobs: the 1-minute load "
-          "average at the start (and end) of each row is in the table (load 2 = both cores busy), so these times are "
-          "upper bounds of an idle 2-core machine's.", "",
+          "Wall-clock seconds; the 1-minute load average at the start (and end) of each row is in the table (load 2 = "
+          "both cores busy with this row's 2 threads; a row measured while other jobs shared the cores would show "
+          "more, and its times are upper bounds of an idle 2-core machine's).", "",
           table(merged, COLUMNS + ["loadavg_start", "loadavg_end", "note"]), ""]
     path_json.with_suffix(".md").write_text("\n".join(md))
 

@@ -6,19 +6,26 @@ width and reconstruction setting, mean ± std over the calibration seeds; a tabl
 
 `--keep`: the cells of an earlier table (e.g. the committed grid.csv) that the folders do not hold stay in the
 table, so rows run on different machines at different times (the GPU's base_ptq / ptq4vit, the CPU's repq_vit /
-adalog) form one table; the `device` column says where each cell ran (its recon seconds are that machine's).
+adalog) form one table; the `device` column says where each cell ran (its recon seconds are that machine's). A
+stressed test-bed (model/outliers=<profile>) is its own model, `fmnist_vit+severe`, as in ptq.report.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-import matplotlib
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from ptq.report import model_label  # noqa: E402
 
 RECONS = ("none", "brecq", "qdrop")
 MEASURES = (("kl_fp32", "KL(fp32 || quantized)"), ("agreement", "agreement with fp32 (%)"))
@@ -31,7 +38,8 @@ def load(folder: Path) -> pd.DataFrame:
         if r.get("status") != "ok" or r.get("quantizer") == "fp32":
             continue
         rec = r.get("reconstruction") or {}
-        rows.append({"model": r["model"], "method": r["quantizer"], "bits": f"W{r['bits_w']}A{r['bits_a']}",
+        rows.append({"model": model_label(r, r["config"]), "method": r["quantizer"],
+                     "bits": f"W{r['bits_w']}A{r['bits_a']}",
                      "recon": r["config"].get("recon", {}).get("name", "none"), "seed": r["config"]["calib"]["seed"],
                      "top1": r["top1"], "agreement": r["agreement"], "kl_fp32": r["kl_fp32"],
                      "recon_s": rec.get("seconds", 0.0), "iters": rec.get("iters", 0), "num_test": r["num_test"],

@@ -128,24 +128,20 @@ class AdaLogQuantizer(Quantizer):
         return levels.reshape(-1).index_select(0, idx.int().reshape(-1)).reshape(idx.shape)
 
     def _quantize(self, x: torch.Tensor, params: torch.Tensor, how: str) -> torch.Tensor:
-        s = self.layout.expand(params[..., 0], x.ndim)
-        q = self.layout.expand(params[..., 1], x.ndim)
         xs = x + self.shift if self.shift else x
         if self.layout.groups == 1:
             # one group: look the value up in the candidate's level table (the same dequant formula evaluated on
             # its 2^b codes, plus a zero): identical values, one gather instead of the per-element power
-            p = params.reshape(-1, 2)                                              # [C, 2]
-            levels = self._level_tables(p, how)
-            scales, which = torch.unique(p[:, 0], return_inverse=True) if p.shape[0] > 1 else (p[:, 0], None)
-            if which is not None and len(scales) < p.shape[0]:
-                # candidates sharing scales (the q list, the scale x q grid): -log2(u) r once per scale, then / q
-                # per candidate -- the same operations on the same values, so the same bits
-                v = self.raw_codes(xs, scales.reshape(-1, *([1] * xs.ndim)), None)
-                v = v.expand(p.shape[0], *xs.shape) if len(scales) == 1 else v[which]
-                idx = v.div(q.reshape(-1, *([1] * xs.ndim))).round_()
-            else:
-                idx = self.raw_codes(xs, s, q)
-            return self._gather(levels, idx, params.ndim > 2)
+            if params.ndim > 2 and params.shape[0] > 1:      # a candidate set: assembled from its chunks
+                out = xs.new_empty(params.shape[0], *xs.shape)
+                for sel, values in self._candidate_chunks(xs, params, params.shape[0], how):
+                    out[sel] = values
+                return out
+            idx = self.raw_codes(xs, self.layout.expand(params[..., 0], x.ndim),
+                                 self.layout.expand(params[..., 1], x.ndim))
+            return self._gather(self._level_tables(params.reshape(-1, 2), how), idx, params.ndim > 2)
+        s = self.layout.expand(params[..., 0], x.ndim)
+        q = self.layout.expand(params[..., 1], x.ndim)
         c, keep = self.codes(xs, s, q)
         out = torch.where(keep, self.dequant(c, s, q, how), torch.zeros((), dtype=x.dtype, device=x.device))
         return out - self._out_shift() if self._out_shift() else out
@@ -158,8 +154,13 @@ class AdaLogQuantizer(Quantizer):
         if self.layout.groups != 1 or params.ndim != 3:
             yield from super().fake_chunks(x, params, step)
             return
-        how = self.options["dequant"]
-        xs = x + self.shift if self.shift else x
+        yield from self._candidate_chunks(x + self.shift if self.shift else x, params, step,
+                                          self.options["dequant"])
+
+    def _candidate_chunks(self, xs: torch.Tensor, params: torch.Tensor, step: int,
+                          how: str) -> Iterator[tuple[slice | torch.Tensor, torch.Tensor]]:
+        """One group, candidates params [C, 1, 2], the shifted operand xs: (which, values) at most `step` at a time
+        (see fake_chunks); `fake` of a candidate set assembles these, so both give the same bits."""
         p = params.reshape(-1, 2)
         lead = (-1, *([1] * xs.ndim))
         levels = self._level_tables(p, how)
