@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# The grids that RepQ-ViT and AdaLog were missing (issues 12, 13), on a lent GPU machine (device tool), one call:
-#   lane A (12 jobs at once): experiment=recon for quantizer=repq_vit,adalog on both test-bed models (72 jobs,
-#           2000 test images, like the base_ptq / ptq4vit rows of experiments/recon/grid);
-#   lane B (4 jobs at once), one grid after the other: experiment=methods gaps (fmnist_swin base_ptq, ptq4vit,
-#           adalog; fmnist_vit base_ptq, ptq4vit calib.seed 2; 2000 test images), then experiment=outliers for
-#           repq_vit, adalog on the stressed profiles (full test split, like experiments/outliers).
+# What the CPU could not run (issues 10, 12, 13), on a lent GPU machine (device tool), one call:
+#   lane A (12 jobs at once): experiment=recon on the stressed test-bed model/outliers=severe at W4A4 -- fmnist_swin
+#           for the four methods x {none, brecq, qdrop}, and fmnist_vit's qdrop column (its none / brecq columns ran
+#           on the CPU), 48 jobs, 2000 test images, like experiments/recon/grid;
+#   lane B (4 jobs at once): experiment=outliers for repq_vit, adalog on fmnist_swin, all four profiles (48 jobs,
+#           full test split, like experiments/outliers; their fmnist_vit rows ran on the CPU).
 # A small AdaLog job runs first so that a CUDA-only failure shows at the top of the output. Each lane stops at its
 # deadline; finished jobs come back as $OUT/<experiment>_multirun.tgz (results.json, run.log, .hydra).
 # Needs, carried: .whl/ (hydra-core 1.3.8, omegaconf 2.3.1, antlr4 4.9.3, timm 1.0.31, hydra-joblib-launcher
 # 1.2.0, joblib 1.4.2 wheels; see experiments/gpu_check.sh) and .devcarry/fashion-mnist/ (a copy of
 # /usr/share/datasets/fashion-mnist).
 #   run tool: carry [".whl", ".devcarry"], command: bash experiments/run_device_grids.sh, timeout_s 580
-# Written in a session whose device loan was refused ("no new device machine is lent at present"): not run yet;
-# the CPU ran the fmnist_vit rows of lane A instead (experiments/recon/grid.md, device column).
+# Not run yet (two sessions without a device loan); the grids it first held (fmnist_swin RepQ-ViT / AdaLog
+# reconstruction rows, the methods table's fmnist_swin BasePTQ / PTQ4ViT cells) ran on the 2 CPU cores instead.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source experiments/device_env.sh
@@ -25,23 +25,23 @@ python3 run.py quantizer=adalog bits=w4a4 recon=brecq recon.iters=2 recon.n_imag
 echo "adalog cuda smoke exit $? ($(( $(date +%s) - start )) s)"; tail -4 "$OUTDIR/smoke.log"
 
 lane_a() {
-  python3 run.py experiment=recon model=fmnist_vit,fmnist_swin quantizer=repq_vit,adalog data.max_test=2000 \
-    $COMMON hydra.launcher.n_jobs=12 > "$OUTDIR/recon.log" 2>&1
+  python3 run.py experiment=recon model=fmnist_swin model/outliers=severe quantizer=base_ptq,ptq4vit,repq_vit,adalog \
+    recon=none,brecq,qdrop bits=w4a4 data.max_test=2000 $COMMON hydra.launcher.n_jobs=12 \
+    hydra.sweep.dir=multirun/recon > "$OUTDIR/recon.log" 2>&1
+  python3 run.py experiment=recon model=fmnist_vit model/outliers=severe quantizer=base_ptq,ptq4vit,repq_vit,adalog \
+    recon=qdrop bits=w4a4 data.max_test=2000 $COMMON hydra.launcher.n_jobs=12 \
+    hydra.sweep.dir=multirun/recon >> "$OUTDIR/recon.log" 2>&1
 }
 lane_b() {
-  python3 run.py experiment=methods model=fmnist_swin quantizer=base_ptq,ptq4vit,adalog data.max_test=2000 \
-    $COMMON hydra.launcher.n_jobs=4 > "$OUTDIR/methods.log" 2>&1
-  python3 run.py experiment=methods model=fmnist_vit quantizer=base_ptq,ptq4vit calib.seed=2 data.max_test=2000 \
-    $COMMON hydra.launcher.n_jobs=4 >> "$OUTDIR/methods.log" 2>&1
-  python3 run.py experiment=outliers model=fmnist_vit,fmnist_swin quantizer=repq_vit,adalog \
-    model/outliers=mild,deit_like,severe $COMMON hydra.launcher.n_jobs=4 > "$OUTDIR/outliers.log" 2>&1
+  python3 run.py experiment=outliers model=fmnist_swin quantizer=repq_vit,adalog $COMMON hydra.launcher.n_jobs=4 \
+    > "$OUTDIR/outliers.log" 2>&1
 }
 export -f lane_a lane_b; export OUTDIR COMMON
 timeout "$LANE_S" bash -c lane_a & a=$!
 timeout "$LANE_S" bash -c lane_b & b=$!
 wait $a; echo "lane A exit $?"; wait $b; echo "lane B exit $?"
 echo "wall $(( $(date +%s) - start )) s"
-for e in recon methods outliers; do
+for e in recon outliers; do
   [ -d "multirun/$e" ] || continue
   echo "$e: $(find multirun/$e -name results.json | wc -l) results, $(grep -l '"status": "ok"' $(find multirun/$e -name results.json) | wc -l) ok"
   find "multirun/$e" \( -name results.json -o -name run.log -o -path '*/.hydra/*' \) -print0 \

@@ -67,6 +67,9 @@ for name, df in records.items():
     if not len(cells):
         continue
     models = report.model_order(cells["model"])
+    quantized = cells[cells["method"] != "FP32"]
+    labels = sorted(set(quantized["method"] + " " + quantized["setting"]))
+    colour = {label: f"C{i % 10}" for i, label in enumerate(labels)}   # one colour per line in every panel
     fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models):
         mine = cells[cells["model"] == model]
@@ -75,7 +78,7 @@ for name, df in records.items():
         for label, line in q.groupby(q["method"] + " " + q["setting"], sort=True):
             line = line.assign(b=line["bits"].map(bits_number)).sort_values("b")
             ax.errorbar(line["b"], line["mean"], yerr=line["std"].where(line["n"] > 1), marker="o", capsize=3,
-                        label=label.strip())
+                        label=label.strip(), color=colour[label])
         if len(fp):
             ax.axhline(fp["mean"].iloc[0], color="k", ls="--", lw=1, label="FP32")
         ax.set_title(model)
