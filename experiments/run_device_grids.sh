@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # What the CPU could not run (issues 10, 12, 13), on a lent GPU machine (device tool), one call:
 #   lane A (12 jobs at once): experiment=recon on the stressed test-beds at W4A4, the cells the CPU did not run
-#           (experiments/recon/grid.md has fmnist_vit+severe, fmnist_swin+severe none / brecq, fmnist_vit+deit_like
-#           none / brecq): the qdrop column of fmnist_swin+severe and fmnist_vit+deit_like, and fmnist_swin+deit_like
-#           whole -- 60 jobs, 2000 test images, like experiments/recon/grid;
+#           (experiments/recon/grid.md has fmnist_vit+severe, fmnist_vit+deit_like, fmnist_swin+severe none /
+#           brecq): the qdrop column of fmnist_swin+severe, and fmnist_swin+deit_like whole -- 48 jobs, 2000 test
+#           images, like experiments/recon/grid;
 #   lane B (4 jobs at once): experiment=outliers for repq_vit, adalog on fmnist_swin, all four profiles (48 jobs,
 #           full test split, like experiments/outliers; their fmnist_vit rows ran on the CPU).
 # A small AdaLog job runs first so that a CUDA-only failure shows at the top of the output. Each lane stops at its
@@ -29,8 +29,6 @@ lane_a() {
   local recon="experiment=recon quantizer=base_ptq,ptq4vit,repq_vit,adalog bits=w4a4 data.max_test=2000 $COMMON"
   python3 run.py $recon model=fmnist_swin model/outliers=severe recon=qdrop hydra.launcher.n_jobs=12 \
     hydra.sweep.dir=multirun/recon > "$OUTDIR/recon.log" 2>&1
-  python3 run.py $recon model=fmnist_vit model/outliers=deit_like recon=qdrop hydra.launcher.n_jobs=12 \
-    hydra.sweep.dir=multirun/recon >> "$OUTDIR/recon.log" 2>&1
   python3 run.py $recon model=fmnist_swin model/outliers=deit_like recon=none,brecq,qdrop hydra.launcher.n_jobs=12 \
     hydra.sweep.dir=multirun/recon >> "$OUTDIR/recon.log" 2>&1
 }
