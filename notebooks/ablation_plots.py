@@ -68,8 +68,7 @@ for name, df in records.items():
         continue
     models = report.model_order(cells["model"])
     quantized = cells[cells["method"] != "FP32"]
-    labels = sorted(set(quantized["method"] + " " + quantized["setting"]))
-    colour = {label: f"C{i % 10}" for i, label in enumerate(labels)}   # one colour per line in every panel
+    colour = report.line_colours(quantized["method"] + " " + quantized["setting"])   # the same in every panel
     fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models):
         mine = cells[cells["model"] == model]

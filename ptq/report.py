@@ -612,6 +612,12 @@ def save_figure(fig, path: Path, dpi: int = 120) -> Path:
     return path
 
 
+def line_colours(keys) -> dict:
+    """One matplotlib colour (C0..C9, cycling) per distinct key, in sorted order: a method keeps its colour in every
+    panel of a figure even where some of the methods are missing."""
+    return {key: f"C{i % 10}" for i, key in enumerate(sorted(set(keys)))}
+
+
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per job with the numbers the notebooks plot (no nested config or settings)."""
     return df.drop(columns=list(INTERNAL_COLUMNS))

@@ -21,7 +21,7 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ptq.models.outliers import PROFILES  # noqa: E402
-from ptq.report import load_records, usable  # noqa: E402
+from ptq.report import line_colours, load_records, usable  # noqa: E402
 
 MEASURES = (("drop", "top-1 drop (points)"), ("kl_fp32", "KL(fp32 || quantized)"))
 
@@ -45,8 +45,7 @@ def plot(table: pd.DataFrame, path: Path, dpi: int = 80) -> None:
     models = list(dict.fromkeys(table["model"]))
     fig, axes = plt.subplots(len(MEASURES), len(models), figsize=(5 * len(models), 3.4 * len(MEASURES)),
                              squeeze=False)
-    lines = sorted(set(zip(table["method"], table["bits"])))   # one colour per (method, bits) in every panel
-    colours = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(lines)}
+    colours = line_colours(zip(table["method"], table["bits"]))   # one colour per (method, bits) in every panel
     for j, model in enumerate(models):
         sub = table[table["model"] == model]
         for (method, bits), line in sub.groupby(["method", "bits"], sort=True):
