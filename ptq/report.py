@@ -31,7 +31,8 @@ from pathlib import Path
 import pandas as pd
 
 from ptq.reference_results import ABLATION_ROWS, ablation_flags, ablation_reference, base_model_name, table1_reference
-from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION
+from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION, reject_untrusted
+from ptq.results_file import flat_config as _flatten
 from ptq.results_file import read_results as load_results_file
 
 SCHEMA_VERSIONS = tuple(range(1, RESULTS_SCHEMA_VERSION + 1))  # versions this report reads (no field: version 1)
@@ -56,16 +57,6 @@ MARK = "✓"
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _is_missing(value) -> bool:
@@ -180,13 +171,22 @@ def read_results(paths) -> tuple[list[dict], list[dict]]:
     """(records, unreadable): one record per trustworthy results.json under `paths` (ptq/results_file.py, any
     schema version up to this code's); every other file as {"file", "reason"} (not JSON, not an object, missing or
     mistyped fields, an unknown schema_version)."""
-    rows, unreadable = [], []
+    rows, unreadable, loaded = [], [], []
+    once = {}   # a file under two of the given folders is read once (under the first)
     for path, root in find_results(paths):
+        once.setdefault(path.resolve(), (path, root))
+    for path, root in once.values():
         data, problem = load_results_file(path, range(1, RESULTS_SCHEMA_VERSION + 1))
         if data is None:
             unreadable.append({"file": str(path), "reason": problem})
             continue
-        rows.append(record(path, data, root))
+        loaded.append((path, root, data))
+    rejected = reject_untrusted([(path, data) for path, _, data in loaded])   # another job's file, a copied run
+    for path, root, data in loaded:
+        if path in rejected:
+            unreadable.append({"file": str(path), "reason": f"rejected: {rejected[path]}"})
+        else:
+            rows.append(record(path, data, root))
     return rows, unreadable
 
 

@@ -2,8 +2,9 @@
 job whose config differs only in unused settings, record failures.
 
 Only a trustworthy results.json (ptq/results_file.py: parses, has the fields of its status and this code's schema
-version) counts: a job's own untrusted file is renamed aside and the job runs again; an untrusted sibling file is
-ignored (it belongs to another job, which sets it aside when it runs)."""
+version, and belongs to the job of its folder by the folder's Hydra record) counts: a job's own untrusted file is
+renamed aside and the job runs again; an untrusted sibling file is ignored (it belongs to another job, which sets it
+aside when it runs)."""
 from __future__ import annotations
 
 import copy
@@ -16,10 +17,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ptq.app import RESULTS_FILE, RESULTS_SCHEMA_VERSION, resolved_config, write_json_atomic
-from ptq.results_file import move_aside, read_results
+from ptq.results_file import BOOKKEEPING_KEYS as IGNORED_KEYS
+from ptq.results_file import job_mismatch, read_results, reject
 
 log = logging.getLogger("ptq")
-IGNORED_KEYS = ("force", "progress", "threads")
 
 
 def _comparable(config: dict) -> dict:
@@ -68,9 +69,9 @@ def existing_results(cfg: DictConfig, out: Path | None) -> dict | None:
     if path is None or not os.path.lexists(path):
         return None
     old, problem = read_results(path)
-    if old is None:
-        aside = move_aside(path)
-        log.warning("%s %s: moved aside to %s, the job runs again", path, problem, aside.name)
+    problem = problem or job_mismatch(path, old)   # e.g. a file copied from another job's folder
+    if problem is not None:
+        reject(path, problem)   # the job runs again
         return None
     if old.get("status") == "ok" and _comparable(old.get("config", {})) == _comparable(resolved_config(cfg)):
         return old
@@ -87,7 +88,8 @@ def equivalent_results(cfg: DictConfig, out: Path | None) -> tuple[Path, dict] |
         if path.parent == out:
             continue
         old, _ = read_results(path)
-        if old is not None and old.get("status") == "ok" and effective_config(old.get("config", {})) == mine:
+        if old is not None and old.get("status") == "ok" and effective_config(old.get("config", {})) == mine \
+                and job_mismatch(path, old) is None:   # a file that is not its own folder's job's is never reused
             return path.parent, old
     return None
 

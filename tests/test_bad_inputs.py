@@ -152,3 +152,77 @@ def test_bad_input_is_one_line(tmp_path, monkeypatch, capsys, inputs, case):
     assert {p: v for p, v in _snapshot(run_dir).items() if p in before} == before
     assert set(run_dir.rglob("results.json*")) == {run_dir / "sub" / "results.json"}
     assert not list(inputs.rglob("results.json"))
+
+
+# -- saved quantizer parameters (issue 27 item 1): a corrupt file given to quantizer.load is refused -------------
+PARAMS_RUN = ["quantizer=ptq4vit", "logger=none", "progress=false", "data.max_test=100"]
+PARAMS_CORRUPTIONS = {  # case -> (key, new value or None to drop the key, texts of the error line)
+    "nan": ("blocks.0.attn.qkv.weight.param", float("nan"), ["NaN/Inf", "valid: finite"]),
+    "inf": ("blocks.1.mlp.fc2.input.scale_pos", float("inf"), ["NaN/Inf"]),
+    "zero": ("blocks.0.mlp.fc1.weight.param", 0.0, ["step <= 0 (0)", "valid: steps > 0"]),
+    "negative": ("blocks.2.attn.proj.input.scale", -0.01, ["step <= 0 (-0.01)"]),
+    "missing": ("blocks.0.attn.qkv.weight.param", None, ["lacks the key"]),
+    # a finite split m whose small-range step underflows to 0: caught in the quantizer as restored
+    "split_underflow": ("blocks.0.attn.matmul2.a.param", 200.0, ["as restored", "step <= 0"]),
+}
+
+
+@pytest.fixture(scope="module")
+def saved_params(tmp_path_factory) -> Path:
+    """A real quant_params.safetensors of the default method (ptq4vit W6A6) on the test-bed ViT, quickly
+    calibrated (8 random images, a 4-point search)."""
+    import torch
+
+    from ptq.cli import compose_config
+    from ptq.models import build_model
+    from ptq.quant import quantize_model, resolve_ptq_config, save_quant_params
+
+    cfg = compose_config(["calib.n_images=8", "quantizer.search.n=4", "quantizer.search.rounds=1"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    quantize_model(model, resolve_ptq_config(cfg), torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,)),
+                   progress=False)
+    path = tmp_path_factory.mktemp("params") / "quant_params.safetensors"
+    save_quant_params(model, path)
+    return path
+
+
+def corrupt_params(source: Path, target: Path, key: str, value: float | None) -> Path:
+    """A copy of the saved file with one value of `key` replaced (every value of it for 0), or `key` dropped;
+    the metadata is kept."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(source), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    if value is None:
+        del tensors[key]
+    elif value == 0.0:
+        tensors[key].fill_(0.0)
+    else:
+        tensors[key].view(-1)[0] = value
+    save_file(tensors, str(target), metadata=meta)
+    return target
+
+
+@pytest.mark.parametrize("case", [*PARAMS_CORRUPTIONS, "intact"])
+def test_corrupt_quant_params_refused(tmp_path, monkeypatch, capsys, saved_params, case):
+    """NaN, Inf, 0 or a negative step, a missing key: exit 2, one line naming the file and the key, no run folder.
+    The intact file runs (the same command, so the refusals come from the corruption)."""
+    import json
+
+    path = saved_params if case == "intact" else corrupt_params(saved_params, tmp_path / "p.safetensors",
+                                                                *PARAMS_CORRUPTIONS[case][:2])
+    run = tmp_path / "run"
+    code, out, err = run_in_process([*PARAMS_RUN, f"quantizer.load={path}", f"hydra.run.dir={run}"], monkeypatch,
+                                    capsys)
+    if case == "intact":
+        assert code == 0, err
+        assert json.loads((run / "results.json").read_text())["status"] == "ok"
+        return
+    key, _, expected = PARAMS_CORRUPTIONS[case]
+    assert code == 2
+    assert_one_line_error(code, err, f"quantizer.load={path}", key.rsplit(".", 1)[0], *expected)
+    if case != "split_underflow":  # the underflow names the derived key (scale_small), not the saved one
+        assert f"'{key}'" in err
+    assert not run.exists()

@@ -8,6 +8,7 @@ import torch
 from ptq.errors import PTQError
 from ptq.metrics import METRICS, NEEDS_GRAD
 from ptq.quant.config import COMPAT, PARTNERS
+from ptq.quant.params import restored_keys
 from ptq.quantizers import QUANTIZERS, Layout
 from ptq.schema import SearchConfig
 
@@ -65,7 +66,11 @@ def check_quantizer_contract(kind: str) -> None:
                     assert torch.allclose(q(out), out, rtol=0, atol=1e-6 * out.abs().max().item())
                 # export / load round trip: a fresh quantizer restored from the export quantizes identically
                 fresh = cls(bits, LAYOUTS[layout], form=form)
-                fresh.restore(q.export())
+                exported = q.export()
+                # what a saved file is checked for on load (issue 27): the restored keys and the steps (> 0)
+                assert restored_keys(fresh) <= set(exported) and set(cls.POSITIVE_KEYS) <= set(exported)
+                assert all(bool((exported[k] > 0).all()) for k in cls.POSITIVE_KEYS), (layout, form, bits)
+                fresh.restore(exported)
                 fresh.enabled = True
                 assert torch.equal(fresh(x), out)
 

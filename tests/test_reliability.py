@@ -307,3 +307,120 @@ def test_resume_relogs_incomplete_wandb_record(compose, tmp_path, monkeypatch):
     assert (out / "wandb" / f"{loggers.INCOMPLETE_PREFIX}offline-run-1").is_dir()
     run_with_resume(never, cfg, out)
     assert logged == [50.0]
+
+
+# -- a results.json counts only in the folder of its own job (issue 27 item 2) -------------------------------------
+class _NoCapture:
+    """Stands for pytest's capsys in a module fixture (the output is left to pytest's own capture)."""
+
+    @staticmethod
+    def readouterr():
+        return type("Captured", (), {"out": "", "err": ""})()
+
+
+@pytest.fixture(scope="module")
+def three_jobs(tmp_path_factory) -> Path:
+    """A finished sweep of three float jobs (seeds 1..3: repeats of one measurement, a cell of n=3 in the report),
+    run once per module; the float logits are computed once in-process."""
+    sweep = tmp_path_factory.mktemp("three") / "sweep"
+    with pytest.MonkeyPatch.context() as mp:
+        code, log = _multirun(sweep, mp, _NoCapture, "seed=1,2,3")
+    assert code == 0, log
+    return sweep
+
+
+def _sweep_of_three(three_jobs: Path, tmp_path: Path) -> Path:
+    """A copy of the finished sweep (job folders with their Hydra records) for one test to change."""
+    import shutil
+
+    return Path(shutil.copytree(three_jobs, tmp_path / "sweep"))
+
+
+def _claim_another_model(path: Path) -> None:
+    """Make the file at `path` the result of another model (fmnist_swin) in place."""
+    data = json.loads(path.read_text())
+    data["model"] = data["config"]["model"]["name"] = "fmnist_swin"
+    path.write_text(json.dumps(data))
+
+
+def test_resume_reruns_a_job_holding_another_jobs_results(three_jobs, tmp_path, monkeypatch, capsys):
+    sweep = _sweep_of_three(three_jobs, tmp_path)
+    foreign = (sweep / "job0" / "results.json").read_text()
+    (sweep / "job1" / "results.json").write_text(foreign)   # copied from another job's folder
+    _claim_another_model(sweep / "job2" / "results.json")    # a result of another model
+    swin = (sweep / "job2" / "results.json").read_text()
+    code, log = _multirun(sweep, monkeypatch, capsys, "seed=1,2,3")
+    assert code == 0 and log.count("skipped (force=true re-runs)") == 1   # job0 only
+    warnings = [line for line in log.splitlines() if "moved aside" in line]   # Hydra's job log (stderr)
+    assert len(warnings) == 2 and "seed=1" in warnings[0] and "seed=2" in warnings[0]
+    assert "model.name=\"fmnist_swin\"" in warnings[1] and "model.name=\"fmnist_vit\"" in warnings[1]
+    for job, seed, kept in (("job1", 2, foreign), ("job2", 3, swin)):
+        (aside,) = (sweep / job).glob("results.json.rejected-*")
+        assert aside.read_text() == kept
+        data = json.loads((sweep / job / "results.json").read_text())
+        assert data["config"]["seed"] == seed and data["model"] == "fmnist_vit"
+
+
+def test_equivalent_results_never_reuse_a_file_foreign_to_its_folder(three_jobs, tmp_path):
+    from ptq.cli import compose_config
+    from ptq.sweep import equivalent_results
+
+    sweep = _sweep_of_three(three_jobs, tmp_path)
+    cfg = compose_config([*QUICK, "seed=2", "bits=w4a4"])   # the float model ignores bits: job1's effective config
+    assert equivalent_results(cfg, sweep / "new")[0] == sweep / "job1"
+    (sweep / "job0" / "results.json").write_text((sweep / "job1" / "results.json").read_text())
+    assert equivalent_results(cfg, sweep / "new")[0] == sweep / "job1"   # job0 holds job1's file: not reused
+    assert (sweep / "job0" / "results.json").exists()   # another job's folder: left for that job to set aside
+
+
+def test_report_rejects_foreign_results_and_copies(three_jobs, tmp_path, caplog):
+    """Before: 5 records, a cell of n=5 counting job0 three times and a row of fmnist_swin. After: the 2 files of
+    their own jobs; the other 3 listed as rejected and moved aside, one warning line each."""
+    import shutil
+
+    from ptq import report
+
+    sweep = _sweep_of_three(three_jobs, tmp_path)
+    first = sweep / "job0" / "results.json"
+    shutil.copy(first, sweep / "job1" / "results.json")           # another job's file
+    (sweep / "stray").mkdir()
+    shutil.copy(first, sweep / "stray" / "results.json")          # one run counted twice (no job record there)
+    shutil.copytree(sweep / "job2", sweep / "job2_copy")          # ... and a whole job folder copied
+    _claim_another_model(sweep / "job2_copy" / "results.json")    # ... then turned into another model's row
+    rep = report.build_report([sweep, sweep / "job0"])            # job0 under both folders: read once
+    assert sorted(rep["records"]["path"]) == ["job0", "job2"]
+    assert set(rep["records"]["model"]) == {"fmnist_vit"}
+    reasons = dict(zip(rep["unreadable"]["file"], rep["unreadable"]["reason"]))
+    assert sorted(reasons) == sorted(str(sweep / j / "results.json") for j in ("job1", "job2_copy", "stray"))
+    assert all(r.startswith("rejected: ") and "moved aside to results.json.rejected-" in r for r in reasons.values())
+    assert "seed=1" in reasons[str(sweep / "job1" / "results.json")]
+    assert "model.name" in reasons[str(sweep / "job2_copy" / "results.json")]
+    assert f"copy of the run of {first}" in reasons[str(sweep / "stray" / "results.json")]
+    for job in ("job1", "job2_copy", "stray"):
+        assert not (sweep / job / "results.json").exists() and list((sweep / job).glob("results.json.rejected-*"))
+    assert len([r for r in caplog.records if "moved aside" in r.getMessage()]) == 3
+    assert "3 unreadable files skipped" in report.report_markdown(rep, [sweep])
+
+
+def test_job_mismatch_by_hand(tmp_path):
+    from ptq.results_file import job_mismatch
+
+    job = tmp_path / "job"
+    (job / ".hydra").mkdir(parents=True)
+    data = ok_record(config={"seed": 1, "force": True, "calib": {"alpha": 0.001, "chunk_mb": None},
+                             "logger": {"mode": "offline"}, "model": {"name": "fmnist_vit"}})
+    assert job_mismatch(tmp_path / "elsewhere" / "results.json", data) is None   # no job record: nothing to check
+    (job / ".hydra" / "overrides.yaml").write_text("- seed=1\n- force=false\n- calib.alpha=1e-3\n- model=fmnist_vit\n"
+                                                   "- calib.chunk_mb=null\n")
+    (job / ".hydra" / "config.yaml").write_text("seed: 1\nforce: false\ncalib:\n  alpha: 0.001\n  chunk_mb: null\n"
+                                                "logger:\n  mode: ${oc.env:WANDB_MODE,offline}\nmodel:\n"
+                                                "  name: fmnist_vit\n")
+    assert job_mismatch(job / "results.json", data) is None   # force is bookkeeping; the interpolation not checked
+    data["config"]["calib"]["alpha"] = 0.002
+    assert "calib.alpha=0.002" in job_mismatch(job / "results.json", data) and "overrides.yaml" in \
+        job_mismatch(job / "results.json", data)
+    data["config"]["calib"]["alpha"] = 0.001
+    data["config"]["model"]["name"] = "fmnist_swin"   # a group choice: caught by config.yaml
+    assert "config.yaml" in job_mismatch(job / "results.json", data)
+    del data["config"]["model"]
+    assert "lacks model.name" in job_mismatch(job / "results.json", data)

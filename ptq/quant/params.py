@@ -38,7 +38,9 @@ def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, st
 
 
 def load_quant_params(model: nn.Module, path: str | Path) -> None:
-    """Load parameters saved by `save_quant_params` into an identically wrapped model and enable quantization."""
+    """Load parameters saved by `save_quant_params` into an identically wrapped model and enable quantization.
+    Every tensor must be finite, every key a quantizer restores present and every step (its POSITIVE_KEYS) > 0,
+    in the file and as restored; else one PTQError naming the file and the key."""
     from safetensors import safe_open
 
     from ptq.models.registry import resolve_path
@@ -52,6 +54,7 @@ def load_quant_params(model: nn.Module, path: str | Path) -> None:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise PTQError(f"quantizer.load={path} is not a saved quantizer-parameter file ({type(e).__name__})") from None
+    _check_values(path, tensors, (), "")
     _, own = quant_state(model)
     if set(own) != set(meta):
         diff = sorted(set(own) ^ set(meta))[:3]
@@ -59,12 +62,39 @@ def load_quant_params(model: nn.Module, path: str | Path) -> None:
     for name, op in quant_ops(model).items():
         for operand, q in op.quantizers().items():
             key = f"{name}.{operand}"
+            saved = {k[len(key) + 1:]: v for k, v in tensors.items() if k.startswith(f"{key}.")}
+            missing = sorted(restored_keys(q) - set(saved))
+            if missing:
+                raise PTQError(f"quantizer.load={path} lacks the key '{key}.{missing[0]}'; valid: a file saved by "
+                               f"this code for this model and method (keys {key}.{{{', '.join(sorted(saved))}}})")
             mine = q.describe()
             # files saved before `axis` was recorded carry only kind, bits, form and groups
             differ = {k: (v, mine[k]) for k, v in meta[key].items() if k in mine and mine[k] != v}
-            if differ or tensors[f"{key}.param"].shape != q.param.shape:
-                what = ", ".join(f"{k} {saved} (this run: {own_v})" for k, (saved, own_v) in differ.items())
+            if differ or saved["param"].shape != q.param.shape:
+                what = ", ".join(f"{k} {saved_v} (this run: {own_v})" for k, (saved_v, own_v) in differ.items())
                 raise PTQError(f"quantizer.load={path} does not match this model/method: {key} was saved with "
                                f"{what or 'another parameter shape'}")
-            q.restore({k[len(key) + 1:]: v for k, v in tensors.items() if k.startswith(f"{key}.")})
+            _check_values(path, saved, q.POSITIVE_KEYS, f"{key}.")
+            q.restore(saved)
+            _check_values(path, q.export(), q.POSITIVE_KEYS, f"{key}.", " as restored")
     set_quant_enabled(model, True)
+
+
+def restored_keys(q) -> set[str]:
+    """The saved keys `q.restore` reads: `param` and every other buffer the quantizer exports (a zero point, the
+    AdaLog fold flag); derived keys (scales of a split, code ranges) are not needed."""
+    exported = q.export()
+    return {"param"} | {name for name, _ in q.named_buffers(recurse=False) if name in exported}
+
+
+def _check_values(path: Path, tensors: dict[str, torch.Tensor], positive: tuple[str, ...], prefix: str,
+                  when: str = "") -> None:
+    """Every floating tensor finite and every `positive` key (a step) > 0, else one line naming file and key."""
+    for k, v in tensors.items():
+        bad = int((~torch.isfinite(v)).sum()) if v.is_floating_point() else 0
+        if bad:
+            raise PTQError(f"quantizer.load={path}: '{prefix}{k}'{when} holds {bad} NaN/Inf value(s); valid: finite "
+                           "values (the file is corrupt: recalibrate with quantizer.load=null)")
+        if k in positive and not bool((v > 0).all()):
+            raise PTQError(f"quantizer.load={path}: '{prefix}{k}'{when} holds a step <= 0 ({float(v.min()):g}); "
+                           "valid: steps > 0 (the file is corrupt: recalibrate with quantizer.load=null)")

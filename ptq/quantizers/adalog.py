@@ -54,6 +54,7 @@ class AdaLogQuantizer(Quantizer):
     beam_searched = True
     self_scored = False         # started from its percentiles (or s = 1), never fitted to its own operand
     learnable_step = True
+    POSITIVE_KEYS = ("scale", "q")   # param [G, 2] holds (scale, q); q divides the code
     OPTIONS = {"r": 37, "shift": 0.0, "fixed_scale": False, "dequant": "lut", "q_first": 10, "q_count": 128,
                "q_beam": 8, "scale_points": 16, "beam": 32, "stages": 6}
 

@@ -85,6 +85,8 @@ class Quantizer(nn.Module):
     OPTIONS: ClassVar[dict[str, Any]] = {}     # the quantizer's own options and their defaults
     learnable_rounding: ClassVar[bool] = False  # reconstruction may learn each weight's rounding (AdaRound)
     learnable_step: ClassVar[bool] = False      # reconstruction may learn `param` by gradient (LSQ, STE rounding)
+    # exported keys that are steps (scales, > 0): a saved file holding a zero, negative, NaN or Inf one is refused
+    POSITIVE_KEYS: ClassVar[tuple[str, ...]] = ("param",)
 
     def __init__(self, bits: int, layout: Layout, form: str = "paper", partner: str = "quantized", **options):
         super().__init__()

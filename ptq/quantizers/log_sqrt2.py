@@ -24,6 +24,7 @@ class LogSqrt2Quantizer(KeepsValues, Quantizer):
     signed = False
     domain = "probability"
     searched = False
+    POSITIVE_KEYS = ("param", "scale")
 
     @property
     def top_code(self) -> int:

@@ -19,6 +19,7 @@ GELU_MIN = 0.16997124254703522  # -min over x of x * Phi(x)
 class TwinGeluQuantizer(Quantizer):
     signed = True
     domain = "post_gelu"
+    POSITIVE_KEYS = ("param", "scale_pos", "scale_neg")
 
     def neg_scale(self, d_pos: torch.Tensor) -> torch.Tensor:
         half = 2 ** (self.bits - 1)

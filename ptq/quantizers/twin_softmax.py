@@ -20,6 +20,7 @@ class TwinSoftmaxQuantizer(Quantizer):
     # the reference searches the split with v float (SPEC section 5); the paper form quantizes v as at inference
     PARTNER = {"paper": "quantized", "official": "float"}
     OPTIONS = {"m_max": 19}   # the split m is searched over 0..m_max
+    POSITIVE_KEYS = ("scale_large", "scale_small")   # param is the split m (0 is valid)
 
     @property
     def levels(self) -> int:

@@ -24,6 +24,7 @@ class UniformQuantizer(KeepsRounding, Quantizer):
 
     learnable_rounding = True
     learnable_step = True
+    POSITIVE_KEYS = ("param", "scale")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -87,6 +87,7 @@ class UniformAsymQuantizer(AsymmetricRounding, KeepsValues, Quantizer):
     searched = False
     learnable_rounding = True
     learnable_step = True
+    POSITIVE_KEYS = ("param", "scale")   # the zero point may be any value
 
     def __init__(self, bits: int, layout: Layout, form: str = "paper", partner: str = "quantized", **options):
         super().__init__(bits, layout, form=form, partner=partner, **options)

@@ -75,6 +75,7 @@ class UniformGridQuantizer(AsymmetricRounding, Quantizer):
     self_scored = True          # inside a linear, first fitted to its own operand (weight / input MSE)
     learnable_rounding = True
     learnable_step = True
+    POSITIVE_KEYS = ("scale",)   # param [G, 2] holds (scale, zero point)
     OPTIONS = {"z_grid": "weight", "candidates": 128, "beam": 16, "stages": 6}
 
     def __init__(self, bits: int, layout: Layout, form: str = "paper", partner: str = "quantized", **options):
