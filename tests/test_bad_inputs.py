@@ -66,6 +66,9 @@ def _cases() -> dict[str, tuple[list[str], list[str]]]:
         "data.corrupt_jpeg": (["data=imagenet", "data.root={inputs}/images", "+model.kwargs.in_chans=3",
                                "model.checkpoint=null", "data.workers=2", "calib.n_images=4"],
                               ["broken.JPEG", "data.on_bad_file=skip"]),
+        "data.float_image": (["data=imagenet", "data.root={inputs}/images_float", "+model.kwargs.in_chans=3",
+                              "model.checkpoint=null", "calib.n_images=4"],
+                             ["float.tiff", "mode F (32-bit float)", "data.on_bad_file=skip"]),
         "hydra.run.dir:read_only": (["hydra.run.dir=/proc/ptq-run"], ["hydra.run.dir=/proc/ptq-run", "valid:"]),
         "calib.mode": (["calib.mode=random"], ["calib.mode=random", "parallel, sequential"]),
         "slot_option_negative": (["quantizer=ptq4vit", "+quantizer.slots.softmax.options.m_max=-1"],
@@ -107,7 +110,12 @@ def _write_truncated_gz(folder: Path) -> None:
 @pytest.fixture
 def inputs(tmp_path, image_folder) -> Path:
     """Bad files and folders: missing, a directory, an empty file, an unreadable file and folder, a truncated
-    archive, an image folder with one corrupt JPEG."""
+    archive, an image folder with one corrupt JPEG, one with a 32-bit float TIFF."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
     d = tmp_path / "inputs"
     d.mkdir()
     (d / "directory").mkdir()
@@ -117,6 +125,8 @@ def inputs(tmp_path, image_folder) -> Path:
     (d / "unreadable_dir").mkdir()
     (d / "unreadable_dir").chmod(0)
     _write_truncated_gz(d / "truncated_gz")
+    shutil.copytree(image_folder, d / "images_float")   # a 32-bit float image: no 8-bit reading (issue 27)
+    Image.fromarray(np.ones((40, 40), "float32"), "F").save(d / "images_float" / "val" / "dog" / "float.tiff")
     os.replace(image_folder, d / "images")
     (d / "images" / "val" / "cat" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     yield d

@@ -424,3 +424,80 @@ def test_job_mismatch_by_hand(tmp_path):
     assert "config.yaml" in job_mismatch(job / "results.json", data)
     del data["config"]["model"]
     assert "lacks model.name" in job_mismatch(job / "results.json", data)
+
+
+# -- image modes: 16-bit scaled to 8 bits, every Pillow mode as 8-bit RGB, the rest refused (issue 27 item 3) -----
+def _mode_images(folder: Path) -> dict:
+    """One generated image per mode in `folder` (PNG, or TIFF where PNG cannot hold the mode) -> the 8-bit RGB
+    array it must decode to, computed by hand from the generated values."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    h, w = 6, 5
+    grey16 = rng.integers(0, 65536, (h, w), dtype=np.uint16)
+    grey16[0, :4] = [0, 255, 256, 65535]   # edges: 0 -> 0, 255 -> 0, 256 -> 1, 65535 -> 255
+    grey = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    rgba = rng.integers(0, 256, (h, w, 4), dtype=np.uint8)
+    cmyk = rng.integers(0, 256, (h, w, 4), dtype=np.uint8).astype(np.int64)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    index = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    bits = rng.integers(0, 2, (h, w)).astype(bool)
+    rgb = lambda g: np.repeat(g[..., None], 3, axis=2).astype(np.uint8)  # noqa: E731 - grey as RGB
+    Image.fromarray(grey16).save(folder / "i16.png")                                    # mode I;16
+    Image.fromarray(grey16.astype(np.int32), "I").save(folder / "i32.tiff")             # mode I
+    Image.fromarray(grey).save(folder / "l.png")
+    Image.fromarray(np.stack([grey, rgba[..., 3]], axis=2), "LA").save(folder / "la.png")
+    p = Image.fromarray(index, "P")
+    p.putpalette(palette.tobytes())
+    p.save(folder / "p.png")
+    Image.fromarray(rgba, "RGBA").save(folder / "rgba.png")
+    Image.fromarray(cmyk.astype(np.uint8), "CMYK").save(folder / "cmyk.tiff")
+    Image.fromarray(bits).save(folder / "one.png")                                      # mode 1
+    return {"i16.png": rgb(grey16 >> 8), "i32.tiff": rgb(grey16 >> 8), "l.png": rgb(grey), "la.png": rgb(grey),
+            "p.png": palette[index], "rgba.png": rgba[..., :3],
+            # Pillow's CMYK -> RGB: (255 - c)(255 - k) / 255, rounded
+            "cmyk.tiff": np.round((255 - cmyk[..., :3]) * (255 - cmyk[..., 3:]) / 255).astype(np.uint8),
+            "one.png": rgb(bits * 255)}
+
+
+def test_image_modes_decode_to_8bit_rgb(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from ptq.data.image_folder import LabelledFolder
+
+    (tmp_path / "val" / "x").mkdir(parents=True)
+    expected = _mode_images(tmp_path / "val" / "x")
+    assert Image.open(tmp_path / "val" / "x" / "i16.png").mode == "I;16"
+    assert Image.open(tmp_path / "val" / "x" / "i16.png").convert("RGB").getextrema()[0][1] == 255  # Pillow clips
+    folder = LabelledFolder(str(tmp_path / "val"))
+    for index, (path, _) in enumerate(folder.samples):
+        image, _ = folder[index]
+        got = np.asarray(image)
+        want = expected[Path(path).name]
+        assert image.mode == "RGB" and got.shape == want.shape, path
+        tolerance = 1 if path.endswith("cmyk.tiff") else 0   # the rounding of a half
+        assert np.abs(got.astype(int) - want.astype(int)).max() <= tolerance, path
+    assert len(folder.samples) == len(expected)
+
+
+@pytest.mark.parametrize("name,mode,value,reason", [("float.tiff", "F", 1.5, "mode F (32-bit float)"),
+                                                     ("wide.tiff", "I", 70000, "mode I with values 70000..70000")])
+def test_image_mode_without_8bit_reading_refused(tmp_path, name, mode, value, reason):
+    import re
+
+    import numpy as np
+    from PIL import Image
+
+    from ptq.data.image_folder import BadFile, BadFiles, LabelledFolder
+    from ptq.errors import PTQError
+
+    (tmp_path / "val" / "x").mkdir(parents=True)
+    Image.fromarray(np.full((4, 4), value, "float32" if mode == "F" else "int32"), mode).save(tmp_path / "val" / "x" /
+                                                                                             name)
+    image, label = LabelledFolder(str(tmp_path / "val"))[0]
+    assert isinstance(image, BadFile) and reason in image.error
+    with pytest.raises(PTQError, match=re.escape(f"image {tmp_path / 'val' / 'x' / name} cannot be read "
+                                                 f"(UnsupportedImage: {reason}")):
+        BadFiles("error").keep([(image, label)])

@@ -1,7 +1,8 @@
 """ImageNet-style folders (`root/train/<class>/*.JPEG`, `root/val/<class>/*.JPEG`) with the model's eval transform.
 
 The transform comes from timm's pretrained data config of the model (resize, crop_pct, interpolation, mean,
-std), as in the paper's evaluation; calibration images use that same eval transform (spec section 5).
+std), as in the paper's evaluation; calibration images use that same eval transform (spec section 5). Images are
+decoded to 8-bit RGB by `load_rgb` (16-bit grey scaled to 8 bits, modes that cannot be converted refused).
 """
 from __future__ import annotations
 
@@ -18,6 +19,39 @@ from ptq.errors import PTQError
 log = logging.getLogger("ptq")
 BAD_FILE_POLICIES = ("error", "skip")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+# 16-bit grey (PNG bit depth 16; some readers give it as "I", 32-bit integers): scaled to 8 bits
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+class UnsupportedImage(ValueError):
+    """An image whose pixel format has no defined 8-bit RGB reading (e.g. 32-bit float)."""
+
+
+def load_rgb(path: str):
+    """Decode an image file to 8-bit RGB (a PIL image). 16-bit grey (modes I;16*, and I holding 0..65535) keeps
+    its high byte, x >> 8 = floor(x / 256) (the inverse of 8 -> 16 bit replication x * 257): Pillow's own convert
+    clips such values at 255, which makes the image white. Every other mode goes through Pillow's convert("RGB")
+    as torchvision's default loader does, so 8-bit files decode as before (L and 1 grey replicated, P through its
+    palette, CMYK by Pillow's formula, LA / RGBA / PA with the alpha dropped). Refused (UnsupportedImage, named with
+    the file by BadFiles): 32-bit float (F) and integer images with values outside 0..65535."""
+    import numpy as np
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        img.load()
+    if img.mode in SIXTEEN_BIT_MODES:
+        values = np.asarray(img).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise UnsupportedImage(f"mode {img.mode} with values {values.min()}..{values.max()} has no 8-bit "
+                                   "reading (8-bit images and 16-bit values 0..65535 are read)")
+        return Image.fromarray((values >> 8).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        raise UnsupportedImage("mode F (32-bit float) has no 8-bit reading (8- and 16-bit images are read)")
+    try:
+        return img.convert("RGB")
+    except ValueError as e:
+        raise UnsupportedImage(f"mode {img.mode} cannot be converted to RGB ({e})") from None
 
 
 def built_input_size(model: torch.nn.Module) -> tuple[int, int, int] | None:
@@ -85,8 +119,8 @@ class BadFiles:
 
 
 class LabelledFolder(ImageFolder):
-    """torchvision's ImageFolder whose class -> label map can be fixed from outside (the train split's); an image
-    that cannot be decoded is returned as a BadFile."""
+    """torchvision's ImageFolder whose class -> label map can be fixed from outside (the train split's), decoding
+    with `load_rgb`; an image that cannot be decoded is returned as a BadFile."""
 
     def __getitem__(self, index: int):
         path, target = self.samples[index]
@@ -102,7 +136,7 @@ class LabelledFolder(ImageFolder):
 
     def __init__(self, root: str, transform=None, class_to_idx: dict[str, int] | None = None):
         self.fixed_class_to_idx = class_to_idx
-        super().__init__(root, transform=transform)
+        super().__init__(root, transform=transform, loader=load_rgb)
 
     def find_classes(self, directory):
         classes, own = super().find_classes(directory)
