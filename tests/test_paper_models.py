@@ -302,7 +302,8 @@ def test_eval_transform_from_the_pretrained_config(compose, config):
 def _tiny_vit_cfg(compose, root, *extra):
     return compose(["data=imagenet", f"data.root={root}", "data.workers=0", "calib.n_images=2",
                     "model.name=vit_tiny_patch16_224", "model.checkpoint=null", "model.kwargs.embed_dim=48",
-                    "model.kwargs.depth=1", "model.kwargs.num_heads=3", "+model.kwargs.img_size=32", *extra])
+                    "model.kwargs.depth=1", "model.kwargs.num_heads=3", "+model.kwargs.img_size=32",
+                    "+model.kwargs.num_classes=3", *extra])   # cat, dog, fox: not ImageNet-1k wnids (issue 27)
 
 
 def test_val_labels_follow_the_train_classes(compose, image_folder):

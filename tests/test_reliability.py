@@ -3,6 +3,7 @@ temporary names, short job folder names, thread and worker defaults, corrupt ima
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -501,3 +502,81 @@ def test_image_mode_without_8bit_reading_refused(tmp_path, name, mode, value, re
     with pytest.raises(PTQError, match=re.escape(f"image {tmp_path / 'val' / 'x' / name} cannot be read "
                                                  f"(UnsupportedImage: {reason}")):
         BadFiles("error").keep([(image, label)])
+
+
+# -- ImageNet-style folders keep ImageNet-1k labels; a label space the model cannot have is refused (item 4) -------
+def tiny_vit(num_classes: int) -> list[str]:
+    from tests.test_data import TINY_VIT
+
+    return [*(a for a in TINY_VIT if "num_classes" not in a), f"+model.kwargs.num_classes={num_classes}"]
+
+
+def test_shipped_synsets_are_the_canonical_imagenet_1k_order():
+    """Independent source: timm's ImageNetInfo (its label order is the one of every pretrained ImageNet-1k model)."""
+    from timm.data import ImageNetInfo
+
+    from ptq.data.image_folder import imagenet_synsets
+
+    synsets = list(imagenet_synsets())
+    assert synsets == list(ImageNetInfo().label_names()) == sorted(set(synsets)) and len(synsets) == 1000
+    assert synsets[0] == "n01440764" and synsets[-1] == "n15075141"
+
+
+def _as_wnids(image_folder: Path, wnids: list[str]) -> None:
+    for split in ("train", "val"):
+        for cls, wnid in zip(("cat", "dog", "fox"), wnids):
+            (image_folder / split / cls).rename(image_folder / split / wnid)
+
+
+def test_wnid_subset_keeps_imagenet_1k_labels(compose, image_folder):
+    import shutil
+
+    import torch
+
+    from ptq.data import build_data
+    from ptq.models import build_model
+
+    all_wnids = sorted((Path(__file__).parents[1] / "ptq" / "data" / "imagenet_synsets.txt").read_text().split())
+    wnids = [all_wnids[7], all_wnids[283], all_wnids[999]]   # three classes; the sorted list's indices by hand
+    _as_wnids(image_folder, wnids)
+    shutil.rmtree(image_folder / "val" / wnids[0])             # the val split holds two of them
+    cfg = compose(["data=imagenet", f"data.root={image_folder}", "data.workers=0", "calib.n_images=12",
+                   *tiny_vit(1000)])
+    data = build_data(cfg, build_model(cfg.model))
+    train_labels = [7] * 4 + [283] * 4 + [999] * 4   # 4 images per class, sorted folders
+    assert sorted(data.calib_labels.tolist()) == train_labels and data.info["labels"] == "imagenet-1k"
+    assert torch.cat([y for _, y in data.test_batches(4)]).tolist() == [283, 283, 999, 999]
+
+
+@pytest.mark.parametrize("folders,num_classes,expected", [
+    ("wnids", 10, "class folder 'n01677366' has label 39 (imagenet-1k) but the model has 10 classes"),
+    ("wnids", 21843, "has 21843 classes, not ImageNet-1k's 1000"),
+    ("names", 1000, "class folder 'cat', not an ImageNet-1k synset"),
+    ("names", 2, "class folder 'fox' has label 2 (folder order) but the model has 2 classes"),
+])
+def test_label_space_the_model_cannot_have_is_refused(compose, image_folder, folders, num_classes, expected):
+    from ptq.data import build_data
+    from ptq.errors import PTQError
+    from ptq.models import build_model
+
+    if folders == "wnids":
+        _as_wnids(image_folder, ["n01440764", "n01443537", "n01677366"])   # labels 0, 1 and 39 of ImageNet-1k
+    cfg = compose(["data=imagenet", f"data.root={image_folder}", "data.workers=0", "calib.n_images=4",
+                   *tiny_vit(num_classes)])
+    with pytest.raises(PTQError, match=re.escape(expected)):
+        build_data(cfg, build_model(cfg.model))
+
+
+def test_non_imagenet_folders_keep_folder_order(compose, image_folder):
+    """Folder names that are not wnids, with a model of at least as many classes: labels 0..k-1 in sorted order."""
+    import torch
+
+    from ptq.data import build_data
+    from ptq.models import build_model
+
+    for num_classes in (3, 5):
+        cfg = compose(["data=imagenet", f"data.root={image_folder}", "data.workers=0", "calib.n_images=2",
+                       *tiny_vit(num_classes)])
+        data = build_data(cfg, build_model(cfg.model))
+        assert torch.cat([y for _, y in data.test_batches(6)]).tolist() == [0, 0, 1, 1, 2, 2]
+        assert data.info["labels"] == "folder order"

@@ -125,7 +125,8 @@ def _imagenet(cfg, model) -> DataBundle:
                        "model (e.g. model=deit_s_224), or data=fmnist for the test-bed models")
     bad_files = BadFiles(str(cfg.data.get("on_bad_file", "error")))
     transform, data_cfg = eval_transform(model, cfg.data.get("transform") or {})
-    train = image_folder(root, cfg.data.get("train_split", "train"), transform)
+    train = image_folder(root, cfg.data.get("train_split", "train"), transform,
+                         num_classes=getattr(model, "num_classes", None))   # ImageNet-1k labels for wnid folders
     val = image_folder(root, cfg.data.get("val_split", "val"), transform, train.class_to_idx)
     idx = calibration_indices(len(train), cfg.calib.n_images, cfg.calib.seed)
     if cfg.calib.get("transform", "eval") == "train":   # timm's train transform of the model, drawn once
@@ -157,7 +158,8 @@ def _imagenet(cfg, model) -> DataBundle:
         info["skipped_files"] = sorted(set(bad_files.skipped))
 
     info = {"root": str(root), "transform": {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_cfg.items()},
-            "num_train": len(train), "classes": len(train.classes), "calib_indices": idx.tolist(),
+            "num_train": len(train), "classes": len(train.classes), "labels": train.label_space,
+            "calib_indices": idx.tolist(),
             "workers": workers, "skipped_files": list(bad_files.skipped)}
     bundle = DataBundle("imagenet", calib_x, calib_y, len(val), len(train.classes), batches, info)
     ridx = _recon_indices(cfg, len(train))

@@ -2,10 +2,12 @@
 
 The transform comes from timm's pretrained data config of the model (resize, crop_pct, interpolation, mean,
 std), as in the paper's evaluation; calibration images use that same eval transform (spec section 5). Images are
-decoded to 8-bit RGB by `load_rgb` (16-bit grey scaled to 8 bits, modes that cannot be converted refused).
+decoded to 8-bit RGB by `load_rgb` (16-bit grey scaled to 8 bits, modes that cannot be converted refused). Labels:
+`label_map` (ImageNet-1k indices for wnid folders, checked against the model's classes).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,9 @@ from ptq.errors import PTQError
 log = logging.getLogger("ptq")
 BAD_FILE_POLICIES = ("error", "skip")
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+# The 1000 ImageNet-1k synsets (wnids) in canonical order, sorted: a wnid's line number is its label in every
+# ImageNet-1k model (timm's, torchvision's). A copy of timm's timm/data/_info/imagenet_synsets.txt.
+IMAGENET_SYNSETS = Path(__file__).with_name("imagenet_synsets.txt")
 # 16-bit grey (PNG bit depth 16; some readers give it as "I", 32-bit integers): scaled to 8 bits
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -118,6 +123,40 @@ class BadFiles:
         return (default_collate(good) if good else None), [item for item in batch if isinstance(item[0], BadFile)]
 
 
+@functools.cache
+def imagenet_synsets() -> dict[str, int]:
+    """wnid -> its ImageNet-1k label (0..999)."""
+    return {w: i for i, w in enumerate(IMAGENET_SYNSETS.read_text().split())}
+
+
+def label_map(classes: list[str], folder: str, num_classes: int | None = None) -> tuple[dict[str, int], str]:
+    """(class folder -> label, which label space). Folders all named by ImageNet-1k wnids keep their ImageNet-1k
+    labels, also for a subset of the classes ("imagenet-1k"); other names are labelled 0..k-1 in sorted order, as
+    torchvision's ImageFolder does ("folder order"). Refused, with the model's class count `num_classes`: a name
+    that is not an ImageNet-1k wnid with a 1000-class model, ImageNet-1k folders with a model of more classes
+    (another label space, e.g. ImageNet-21k), and any label >= num_classes."""
+    synsets = imagenet_synsets()
+    if all(c in synsets for c in classes):
+        mapping, space = {c: synsets[c] for c in classes}, "imagenet-1k"
+        if num_classes is not None and num_classes > len(synsets):
+            raise PTQError(f"image folder {folder} holds ImageNet-1k class folders ({classes[0]} ...) but the model "
+                           f"has {num_classes} classes, not ImageNet-1k's {len(synsets)}; valid: a 1000-class model")
+    elif num_classes == len(synsets):
+        bad = next(c for c in classes if c not in synsets)
+        raise PTQError(f"image folder {folder} has the class folder '{bad}', not an ImageNet-1k synset, for a model "
+                       f"with the 1000 ImageNet-1k classes; valid: folders named by wnids (n01440764 ... n15075141, "
+                       f"{IMAGENET_SYNSETS.name}) or a model with {len(classes)} classes")
+    else:
+        mapping, space = {c: i for i, c in enumerate(sorted(classes))}, "folder order"
+    too_high = [(c, i) for c, i in mapping.items() if num_classes is not None and i >= num_classes]
+    if too_high:
+        c, i = too_high[0]
+        raise PTQError(f"image folder {folder}: class folder '{c}' has label {i} ({space}) but the model has "
+                       f"{num_classes} classes; valid: labels 0..{num_classes - 1} (at most {num_classes} class "
+                       "folders, or ImageNet-1k wnid folders with a 1000-class model)")
+    return mapping, space
+
+
 class LabelledFolder(ImageFolder):
     """torchvision's ImageFolder whose class -> label map can be fixed from outside (the train split's), decoding
     with `load_rgb`; an image that cannot be decoded is returned as a BadFile."""
@@ -134,15 +173,17 @@ class LabelledFolder(ImageFolder):
             target = self.target_transform(target)
         return sample, target
 
-    def __init__(self, root: str, transform=None, class_to_idx: dict[str, int] | None = None):
-        self.fixed_class_to_idx = class_to_idx
+    def __init__(self, root: str, transform=None, class_to_idx: dict[str, int] | None = None,
+                 num_classes: int | None = None):
+        self.fixed_class_to_idx, self.num_classes, self.label_space = class_to_idx, num_classes, "given"
         super().__init__(root, transform=transform, loader=load_rgb)
 
     def find_classes(self, directory):
-        classes, own = super().find_classes(directory)
+        classes, _ = super().find_classes(directory)
         fixed = self.fixed_class_to_idx
         if fixed is None:
-            return classes, own
+            mapping, self.label_space = label_map(classes, directory, self.num_classes)
+            return classes, mapping
         unknown = [c for c in classes if c not in fixed]
         if unknown:
             raise PTQError(f"image folder {directory} has class folders that the train split lacks: "
@@ -150,16 +191,18 @@ class LabelledFolder(ImageFolder):
         return classes, {c: fixed[c] for c in classes}
 
 
-def image_folder(root: str | Path, split: str, transform, class_to_idx: dict[str, int] | None = None) -> Dataset:
+def image_folder(root: str | Path, split: str, transform, class_to_idx: dict[str, int] | None = None,
+                 num_classes: int | None = None) -> Dataset:
     """A torchvision ImageFolder of `root/split`, with a one-line error when it is missing or empty.
 
-    `class_to_idx` (the train split's) fixes the label of each class folder, so that a val split holding only some
-    of the classes keeps the train split's (= timm's ImageNet-1k) label indices."""
+    Labels by `label_map` checked against the model's `num_classes`; `class_to_idx` (the train split's) fixes the
+    label of each class folder instead, so that a val split holding only some of the classes keeps the train
+    split's labels."""
     path = Path(root) / split
     if not path.is_dir():
         raise PTQError(f"image folder {path} does not exist (data.root={root}); expected {split}/<class>/<image> "
                        f"folders, valid splits: train, val")
     try:
-        return LabelledFolder(str(path), transform=transform, class_to_idx=class_to_idx)
+        return LabelledFolder(str(path), transform=transform, class_to_idx=class_to_idx, num_classes=num_classes)
     except (FileNotFoundError, RuntimeError) as e:
         raise PTQError(f"image folder {path} holds no images ({IMG_EXTENSIONS}): {e}") from None
