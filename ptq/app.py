@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptq.data import build_data
 from ptq.env import environment, resolve_device
+from ptq.errors import writing
 from ptq.evaluate import agreement, evaluate_logits, kl_to_reference, top1, topk
 from ptq.models import build_model
 from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION  # results.json's name and layout version
@@ -36,15 +37,16 @@ def seed_everything(seed: int) -> None:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Write JSON through a uniquely named temporary file and a rename, so a crash never leaves half a file and
-    concurrent writers (two sweeps, threads) never share a temporary file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(data, indent=2, default=str) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    concurrent writers (two sweeps, threads) never share a temporary file. A write error names the file."""
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(data, indent=2, default=str) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def resolved_config(cfg: DictConfig) -> dict:

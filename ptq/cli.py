@@ -11,7 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 import ptq.schema  # noqa: F401  (registers the typed config schema before Hydra composes)
-from ptq.errors import PTQError
+from ptq.errors import PTQError, WriteError
 from ptq.job_lock import job_lock
 from ptq.multirun import record_outcome
 from ptq.run_dir import first_missing, remove_created
@@ -274,7 +274,10 @@ def run_job(cfg: DictConfig) -> float | None:
         except Exception as e:  # noqa: BLE001 - every failure ends in a record (sweep) or one line (single run)
             error = e
             if multirun:
-                record_failure(cfg, out, e)
+                try:
+                    record_failure(cfg, out, e)
+                except OSError as lost:   # e.g. the disk is full: the sweep goes on, its summary counts the job
+                    log.error("job %s failed and its failure record cannot be written: %s", out, lost)
     if multirun:
         record_outcome(out, error)
         if error is not None:
@@ -284,6 +287,8 @@ def run_job(cfg: DictConfig) -> float | None:
         where = _after_failure(out)
         if isinstance(error, PTQError):
             fail(f"{error}{where}")
+        if isinstance(error, WriteError):   # disk full, read-only: the file named, no traceback (not a bug)
+            fail(f"{error}{where}", code=EXIT_UNEXPECTED)
         traceback.print_exception(error)
         fail(f"{type(error).__name__}: {error}{where}", code=EXIT_UNEXPECTED)
     print(summary_table(results))

@@ -580,3 +580,70 @@ def test_non_imagenet_folders_keep_folder_order(compose, image_folder):
         data = build_data(cfg, build_model(cfg.model))
         assert torch.cat([y for _, y in data.test_batches(6)]).tolist() == [0, 0, 1, 1, 2, 2]
         assert data.info["labels"] == "folder order"
+
+
+# -- disk full: one line naming the file; a multirun still ends with its summary and exit 3 (item 5) ---------------
+def _disk_full_under(monkeypatch, folder: Path) -> None:
+    """Every JSON file written through ptq's atomic writer (results, failure records, multirun outcomes) below
+    `folder` fails as on a full disk: OSError(ENOSPC) from the temporary file."""
+    import errno
+    import os
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):  # noqa: A002 - tempfile's own argument name
+        if dir is not None and Path(dir).resolve().is_relative_to(folder.resolve()):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_disk_full_single_run_names_the_file(tmp_path, monkeypatch, capsys):
+    from tests.test_cli import assert_one_line_error
+
+    run = tmp_path / "run"
+    _disk_full_under(monkeypatch, run)
+    code, out, err = run_in_process([*QUICK, f"hydra.run.dir={run}"], monkeypatch, capsys)
+    assert code == 1 and "Traceback" not in out + err
+    assert_one_line_error(code, err, f"cannot write {run / 'results.json'}: No space left on device (ENOSPC)")
+    assert not run.exists()   # the run's folder (created by it) is removed: nothing half-written
+
+
+def test_disk_full_quant_params_names_the_file(tmp_path, monkeypatch):
+    import errno
+
+    from ptq.cli import compose_config
+    from ptq.errors import WriteError
+    from ptq.models import build_model
+    from ptq.quant import resolve_ptq_config, save_quant_params, wrap_model
+
+    def full(tensors, filename, metadata=None):   # what safetensors raises on a full disk
+        Path(filename).write_bytes(b"partial")
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full)
+    cfg = compose_config(["model.checkpoint=null"])
+    model = build_model(cfg.model)
+    wrap_model(model, resolve_ptq_config(cfg))
+    with pytest.raises(WriteError, match=re.escape(f"cannot write {tmp_path / 'q.safetensors'}: No space left on "
+                                                   "device (ENOSPC)")) as caught:
+        save_quant_params(model, tmp_path / "q.safetensors")
+    assert caught.value.errno == errno.ENOSPC and not list(tmp_path.iterdir())   # no temporary file left
+
+
+@pytest.mark.parametrize("full", ["sweep", "job1"])
+def test_disk_full_multirun_ends_with_summary_and_exit_3(tmp_path, monkeypatch, capsys, full):
+    """The whole sweep folder full (no results, failure records nor outcome files can be written), or only job 1's
+    folder: every job is tried, the summary counts each, exit 3, no traceback."""
+    sweep = tmp_path / "sweep"
+    _disk_full_under(monkeypatch, sweep if full == "sweep" else sweep / "job1")
+    code, log = _multirun(sweep, monkeypatch, capsys, "seed=1,2")
+    assert code == 3 and "Traceback" not in log, log
+    (line,) = [x for x in log.splitlines() if x.startswith("multirun ")]
+    expected = "2 jobs, 0 ok, 2 failed: job0; job1" if full == "sweep" else "2 jobs, 1 ok, 1 failed: job1"
+    assert line.startswith(f"multirun {sweep}: {expected}")
+    assert f"cannot write {sweep / 'job1' / 'results.json'}: No space left on device" in log
+    assert (sweep / "job0" / "results.json").exists() == (full == "job1")
+    assert not (sweep / "job1" / "results.json").exists() and not list(sweep.rglob("*.tmp"))

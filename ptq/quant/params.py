@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ptq.errors import PTQError
+from ptq.errors import PTQError, writing
 from ptq.quant.wrap import quant_ops, set_quant_enabled
 
 
@@ -33,8 +34,16 @@ def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, st
     md.update(metadata or {})
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")  # unique: concurrent saves
-    save_file(tensors, str(tmp), metadata=md)
-    tmp.replace(path)
+    with writing(path):   # a full disk: one error naming the file, no temporary file left
+        try:
+            save_file(tensors, str(tmp), metadata=md)
+            tmp.replace(path)
+        except BaseException as e:
+            tmp.unlink(missing_ok=True)
+            io = re.search(r"I/O error: (.*?) \(os error (\d+)\)", str(e))   # safetensors' own error type
+            if io and not isinstance(e, OSError):
+                raise OSError(int(io.group(2)), io.group(1)) from e
+            raise
 
 
 def load_quant_params(model: nn.Module, path: str | Path) -> None:
