@@ -46,7 +46,7 @@ def record_outcome(out: Path | None, error: BaseException | None) -> None:
 
 
 def summarize(folder: Path, sweep_dir: str) -> tuple[str, int]:
-    """(the one-line summary, the exit code) of the outcomes in `folder`."""
+    """(the one-line summary, the exit code) of the outcomes in `folder` and those kept in memory."""
     records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))] + _UNWRITTEN
     failed = sorted(r["dir"] for r in records if r["status"] != "ok")
     n_ok = len(records) - len(failed)

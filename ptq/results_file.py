@@ -146,8 +146,8 @@ def _fingerprint(data: dict) -> str:
 
 def reject_untrusted(found: list[tuple[Path, dict]]) -> dict[Path, str]:
     """Of the readable results (path, data) of a report: those that do not belong to their job folder, and every
-    copy of one run after the first (a copy in a folder without a job record goes before one in a folder whose record
-    it matches), each moved aside with a warning -> {path: why}. Files without a record are trusted as they are."""
+    copy of one run but one (the one kept lies in a folder whose job record it matches, when there is such a copy),
+    each moved aside with a warning -> {path: why}. Files in folders without a record are trusted as they are."""
     rejected = {path: reject(path, why) for path, data in found if (why := job_mismatch(path, data))}
     first: dict[str, Path] = {}
     for path, data in sorted(((p, d) for p, d in found if p not in rejected),
