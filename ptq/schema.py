@@ -58,6 +58,10 @@ class BitsConfig:
     a: int = MISSING                 # activation bits (every activation slot unless it sets its own `bits`)
 
 
+CALIB_MODES = ("parallel", "sequential")  # calib.mode (ptq/quant/calibrate.py runs both)
+CALIB_TRANSFORMS = ("eval", "train")       # calib.transform (ptq/data/dataset.py)
+
+
 @dataclass
 class CalibConfig:
     n_images: int = 32               # calibration images from the train split

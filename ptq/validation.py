@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from ptq.config_keys import check_known_keys
 from ptq.errors import PTQError
+from ptq.schema import CALIB_MODES, CALIB_TRANSFORMS
 
 SEED_MAX = 2**32 - 1  # numpy's RandomState takes seeds in 0..2^32-1
 _ABSENT = object()
@@ -69,9 +71,9 @@ RULES: tuple[Rule, ...] = (
     Rule("calib.batch_size", "int", 1),
     Rule("calib.chunk_mb", "number", 0, low_open=True, nullable=True, null_means="8 on CPU, 1024 on CUDA"),
     Rule("calib.capture_mb", "number", 0, low_open=True),
-    Rule("calib.mode", "choice", choices=("parallel", "sequential")),
+    Rule("calib.mode", "choice", choices=CALIB_MODES),
     Rule("calib.fast_paths", "bool"),
-    Rule("calib.transform", "choice", choices=("eval", "train")),
+    Rule("calib.transform", "choice", choices=CALIB_TRANSFORMS),
     Rule("eval.batch_size", "int", 1, required=True),
     Rule("metric.fisher_draws", "int", 1),
     Rule("data.max_test", "int", 1, nullable=True, null_means="all test images"),
@@ -181,7 +183,9 @@ CROSS_CHECKS: tuple[Callable[[DictConfig], None], ...] = (_search_range, _data_r
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """All rules of the table, then the cross-field checks; raises PTQError on the first broken one."""
+    """No key the schema lacks (ptq/config_keys.py), all rules of the table, then the cross-field checks; raises
+    PTQError on the first broken one."""
+    check_known_keys(cfg)
     check_rules(cfg)
     for check in CROSS_CHECKS:
         check(cfg)
