@@ -126,11 +126,22 @@ def test_ptq_import_graph_has_no_cycle():
     assert not unexpected, f"import cycles between ptq's modules and subpackages (edges on a cycle): {unexpected}"
 
 
+PATH_EDIT = re.compile(r"\bsys\s*\.\s*path\s*(\.\s*(insert|append|extend)\s*\(|\+=|=(?!=))")
+
+
+def test_path_edit_pattern_finds_planted_edits():
+    module = "sys" + ".path"  # spelt apart so this file holds no edit itself
+    for line in (f"{module}.insert(0, str(ROOT))", f"{module}.append('x')", f"{module} += ['x']",
+                 f"{module} = ['x']", f"import sys; {module} . insert(0, p)"):
+        assert PATH_EDIT.search(line), line
+    for line in (f"print({module})", f"if {module} == []:", f"{module}[0]"):
+        assert not PATH_EDIT.search(line), line
+
+
 def test_nothing_edits_sys_path():
     """Scripts, notebooks and tests import `ptq` as the installed package (README: nothing edits the path)."""
     files = subprocess.run(["git", "ls-files", "*.py", "*.ipynb"], cwd=ROOT, capture_output=True, text=True,
                            check=True).stdout.split()
-    edit = re.compile(r"\bsys\s*\.\s*path\s*(\.\s*(insert|append|extend)\s*\(|\+=|=(?!=))")
     found = [f"{f}:{i}" for f in files if (ROOT / f).is_file()
-             for i, line in enumerate((ROOT / f).read_text(errors="replace").splitlines(), 1) if edit.search(line)]
+             for i, line in enumerate((ROOT / f).read_text(errors="replace").splitlines(), 1) if PATH_EDIT.search(line)]
     assert not found, f"sys.path edited in: {found}"
