@@ -120,3 +120,11 @@ def test_multirun_job_refuses_typo(tmp_path, monkeypatch, capsys):
     (record,) = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
     assert record["status"] == "failed" and "'calib.n_image'" in record["error"] and "n_images" in record["error"]
     assert not list(sweep.glob("*/quant_params.safetensors"))
+
+
+def test_single_run_refuses_typo_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_in_process(["quantizer=fp32", "+quantizer.bogus_key=1", "logger=none",
+                                   f"hydra.run.dir={out}"], monkeypatch, capsys)
+    assert_one_line_error(code, err, "unknown config key 'quantizer.bogus_key'", "valid keys of quantizer:")
+    assert code == 2 and not out.exists()
