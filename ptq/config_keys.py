@@ -19,13 +19,13 @@ from ptq.errors import PTQError
 
 
 @functools.cache
-def _fields(schema: type) -> dict[str, object]:
+def schema_fields(schema: type) -> dict[str, object]:
     """A dataclass's field name -> its type hint (string annotations resolved)."""
     hints = typing.get_type_hints(schema)
     return {f.name: hints[f.name] for f in dataclasses.fields(schema)}
 
 
-def _unwrap(hint: object) -> object:
+def unwrap_optional(hint: object) -> object:
     """`X | None` -> X."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -35,14 +35,14 @@ def _unwrap(hint: object) -> object:
 
 def is_free_form(hint: object) -> bool:
     """A `dict[...]` field: its keys are the user's (timm kwargs, a quantizer's options, transform overrides)."""
-    return typing.get_origin(_unwrap(hint)) is dict or _unwrap(hint) is dict
+    return typing.get_origin(unwrap_optional(hint)) is dict or unwrap_optional(hint) is dict
 
 
 def free_form_keys(schema: type, prefix: str = "") -> list[str]:
     """Dotted paths of every free-form dictionary in `schema` (for error messages and docs)."""
     out = []
-    for name, hint in _fields(schema).items():
-        hint = _unwrap(hint)
+    for name, hint in schema_fields(schema).items():
+        hint = unwrap_optional(hint)
         if is_free_form(hint):
             out.append(f"{prefix}{name}")
         elif dataclasses.is_dataclass(hint):
@@ -53,7 +53,7 @@ def free_form_keys(schema: type, prefix: str = "") -> list[str]:
 def first_unknown_key(cfg: DictConfig, schema: type, path: str = "") -> tuple[str, str, list[str]] | None:
     """The first key of `cfg` that `schema` does not declare, as (dotted key, its parent's path, the valid keys
     there); None when every key is declared. The root's `hydra` node (compose with the Hydra config) is skipped."""
-    fields = _fields(schema)
+    fields = schema_fields(schema)
     for key in cfg.keys():
         key = str(key)
         if not path and key == "hydra":
@@ -61,7 +61,7 @@ def first_unknown_key(cfg: DictConfig, schema: type, path: str = "") -> tuple[st
         full = f"{path}.{key}" if path else key
         if key not in fields:
             return full, path, sorted(fields)
-        hint = _unwrap(fields[key])
+        hint = unwrap_optional(fields[key])
         node = cfg._get_node(key)
         if dataclasses.is_dataclass(hint) and isinstance(node, DictConfig) and not node._is_none() \
                 and not node._is_missing() and not node._is_interpolation():
@@ -76,13 +76,13 @@ def schema_level(schema: type, key: str) -> tuple[str, list[str], bool]:
     whether it is a free-form dictionary, where `+key=value` adds the key)."""
     path, parts = [], key.split(".")[:-1]
     for part in parts:
-        hint = _unwrap(_fields(schema).get(part))
+        hint = unwrap_optional(schema_fields(schema).get(part))
         if is_free_form(hint):
             return ".".join([*path, part]), [], True
         if not dataclasses.is_dataclass(hint):
             break
         schema, path = hint, [*path, part]
-    return ".".join(path), sorted(_fields(schema)), False
+    return ".".join(path), sorted(schema_fields(schema)), False
 
 
 def unknown_key_message(key: str, parent: str, valid: list[str], schema: type, line: str = "") -> str:

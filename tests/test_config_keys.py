@@ -13,7 +13,7 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 from test_cli import assert_one_line_error, run_in_process
 
 from ptq.cli import _unknown_key_message, check_overrides, compose_config, group_options
-from ptq.config_keys import _fields, _unwrap, check_known_keys, free_form_keys
+from ptq.config_keys import check_known_keys, free_form_keys, schema_fields, unwrap_optional
 from ptq.errors import PTQError
 from ptq.schema import Config, TrainConfig
 from ptq.validation import validate_config
@@ -22,9 +22,9 @@ from ptq.validation import validate_config
 def typed_levels(schema: type = Config, prefix: str = ""):
     """(path, dataclass) of every typed node of the schema ("" = the root), walked from the dataclasses."""
     yield prefix.rstrip("."), schema
-    for name, hint in _fields(schema).items():
-        if dataclasses.is_dataclass(_unwrap(hint)):
-            yield from typed_levels(_unwrap(hint), f"{prefix}{name}.")
+    for name, hint in schema_fields(schema).items():
+        if dataclasses.is_dataclass(unwrap_optional(hint)):
+            yield from typed_levels(unwrap_optional(hint), f"{prefix}{name}.")
 
 
 LEVELS = dict(typed_levels())
@@ -57,7 +57,7 @@ def test_unknown_key_refused_at_every_typed_level(level, plus, composed):
     """`+key=1` is Hydra's OmegaConf.update(force_add=True) on the composed config: the job's check refuses it;
     `key=1` Hydra refuses itself, and the command line's message lists the same valid keys."""
     key = f"{level}.bogus_key" if level else "bogus_key"
-    valid = ", ".join(sorted(_fields(LEVELS[level])))
+    valid = ", ".join(sorted(schema_fields(LEVELS[level])))
     where = f"valid keys of {level}:" if level else "valid top-level keys:"
     cfg = copy.deepcopy(composed)
     if plus:
@@ -128,3 +128,17 @@ def test_single_run_refuses_typo_and_writes_nothing(tmp_path, monkeypatch, capsy
                                    f"hydra.run.dir={out}"], monkeypatch, capsys)
     assert_one_line_error(code, err, "unknown config key 'quantizer.bogus_key'", "valid keys of quantizer:")
     assert code == 2 and not out.exists()
+
+
+def test_choice_fields_of_the_schema_are_validated_from_their_one_list(composed):
+    """A field declared with ptq.schema.choice gets its rule from that list (calib.mode, calib.transform, ...)."""
+    from ptq.schema import CALIB_MODES, CALIB_TRANSFORMS
+    from ptq.validation import schema_choice_rules
+
+    rules = {r.key: r.choices for r in schema_choice_rules()}
+    assert rules["calib.mode"] is CALIB_MODES and rules["calib.transform"] is CALIB_TRANSFORMS
+    for key, choices in rules.items():
+        cfg = copy.deepcopy(composed)
+        OmegaConf.update(cfg, key, "bogus_choice")
+        with pytest.raises(PTQError, match=f"{key}=bogus_choice is not a valid choice; valid: {', '.join(choices)}"):
+            validate_config(cfg)
