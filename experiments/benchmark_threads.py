@@ -18,10 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from ptq.env import available_cores
 
-from ptq.env import available_cores  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 JOB = ["model=fmnist_vit", "quantizer=ptq4vit", "bits=w4a4", "calib.n_images=32", "data.max_test=500",
        "logger=none", "progress=false", "calib.seed=1,2"]

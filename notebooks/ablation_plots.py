@@ -36,7 +36,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 import ptq
-from ptq import report
+from ptq import plot_style, report
 
 root = Path(ROOT) if ROOT else Path(ptq.__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ for name, df in records.items():
         continue
     models = report.model_order(cells["model"])
     quantized = cells[cells["method"] != "FP32"]
-    colour = report.line_colours(quantized["method"] + " " + quantized["setting"])   # the same in every panel
+    colour = plot_style.line_colours(quantized["method"] + " " + quantized["setting"])   # the same in every panel
     fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.6), squeeze=False)
     for ax, model in zip(axes[0], models):
         mine = cells[cells["model"] == model]
@@ -87,7 +87,7 @@ for name, df in records.items():
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{name}: top-1 against bit width")
-    saved.append(report.save_figure(fig, out_dir / f"accuracy_vs_bits_{name}.png"))
+    saved.append(plot_style.save_figure(fig, out_dir / f"accuracy_vs_bits_{name}.png"))
 
 
 # %% [markdown]
@@ -115,7 +115,7 @@ def bars(table, row_label, title, filename):
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7)
     ax.set_title(title)
-    saved.append(report.save_figure(fig, out_dir / filename))
+    saved.append(plot_style.save_figure(fig, out_dir / filename))
 
 
 metric_runs = [df for df in records.values() if len(df) and report.pick_layout(df) == "metrics"]

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 import ptq
-from ptq import report
+from ptq import plot_style
 from ptq.cli import compose_config
 from ptq.data import build_data
 from ptq.metrics import get_metric
@@ -181,7 +181,7 @@ for name, (loss, scores) in curves.items():
     fig.supxlabel("candidate scale / min-max scale Δ0", fontsize=8)
     fig.suptitle(f"{MODEL} {name} (W{BITS}): metric score vs task loss for multipliers ≥ {NEAR}, both scaled to "
                  f"[0, 1]; vertical lines: best (black) and chosen (blue) scale", fontsize=9)
-    saved.append(report.save_figure(fig, out_dir / f"fidelity_{name.replace('.', '_')}.png"))
+    saved.append(plot_style.save_figure(fig, out_dir / f"fidelity_{name.replace('.', '_')}.png"))
 
 pivot = table.pivot(index="metric", columns="layer", values="spearman").reindex(list(curves[layers[0]][1]))
 pivot = pivot[layers]
@@ -194,7 +194,7 @@ ax.set_title(f"{MODEL}, W{BITS} weight scale of one layer (multipliers ≥ {NEAR
              "task loss", fontsize=9)
 ax.tick_params(axis="x", labelrotation=30, labelsize=8)
 ax.legend(fontsize=7)
-saved.append(report.save_figure(fig, out_dir / "spearman.png"))
+saved.append(plot_style.save_figure(fig, out_dir / "spearman.png"))
 
 # %%
 summary = table.pivot(index="metric", columns="layer", values="spearman").reindex(pivot.index)[layers]

@@ -18,7 +18,8 @@
 # unchanged while the quantizers see inter-channel variation like a pretrained ViT's. This notebook measures what a
 # profile really gives: per LayerNorm, the per-channel range (max - min over all tokens of the calibration images)
 # and its max/median ratio, before and after; and the post-softmax / post-GELU distributions (unchanged).
-# `experiments/outliers/analyze.py` does the work; its outputs land in `OUT_DIR`.
+# `ptq/outlier_analysis.py` does the work (the command: `experiments/outliers/analyze.py`); its outputs land in
+# `OUT_DIR`.
 
 # %% tags=["parameters"]
 MODELS = ["fmnist_vit", "fmnist_swin"]
@@ -28,14 +29,13 @@ OUT_DIR = "experiments/outliers"
 ROOT = None              # repository root; None: the first folder above the working directory holding ptq/
 
 # %%
-import sys
 from pathlib import Path
 
 from IPython.display import Image, display
 
+from ptq.outlier_analysis import write_analysis
+
 root = Path(ROOT) if ROOT else next(p for p in (Path.cwd(), *Path.cwd().parents) if (p / "ptq").is_dir())
-sys.path.insert(0, str(root / "experiments" / "outliers"))
-from analyze import write_analysis  # noqa: E402
 
 out_dir = Path(OUT_DIR) if Path(OUT_DIR).is_absolute() else root / OUT_DIR
 overrides = [] if N_IMAGES is None else [f"calib.n_images={N_IMAGES}"]

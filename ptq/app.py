@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import tempfile
 import time
 from pathlib import Path
 
@@ -18,10 +16,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptq.data import build_data
 from ptq.env import environment, resolve_device
-from ptq.errors import writing
 from ptq.evaluate import agreement, evaluate_logits, kl_to_reference, top1, topk
 from ptq.models import build_model
-from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION  # results.json's name and layout version
+from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION, write_results
 from ptq.validation import validate_config
 
 log = logging.getLogger("ptq")
@@ -33,20 +30,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write JSON through a uniquely named temporary file and a rename, so a crash never leaves half a file and
-    concurrent writers (two sweeps, threads) never share a temporary file. A write error names the file."""
-    with writing(path):
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(json.dumps(data, indent=2, default=str) + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 def resolved_config(cfg: DictConfig) -> dict:
@@ -170,14 +153,26 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         "data": data.info,
     })
     results["drop"] = results["top1_fp32"] - results["top1"]
-    from ptq.loggers import log_run, mark_pending
+    from ptq.loggers import mark_pending
 
     mark_pending(cfg, results)  # W&B logging is a step of its own: a kill during it is redone on resume
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / RESULTS_FILE, results)
-    log_run(cfg, results, out)
+        write_results(out, results)
+    log_and_record(cfg, results, out)
     return results
+
+
+def log_and_record(cfg: DictConfig, results: dict, out: Path | None) -> None:
+    """Send a finished job to the configured logger and record what it did (the W&B state) in `results` and, when
+    the job has a folder with its results.json, in that file."""
+    from ptq.loggers import log_run
+
+    record = log_run(cfg, results, out)
+    if record is None:
+        return
+    results["wandb"] = record
+    if out is not None and (Path(out) / RESULTS_FILE).is_file():
+        write_results(out, results)
 
 
 def summary_table(results: dict) -> str:

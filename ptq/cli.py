@@ -11,6 +11,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 import ptq.schema  # noqa: F401  (registers the typed config schema before Hydra composes)
+from ptq.config_keys import check_known_keys
 from ptq.errors import PTQError, WriteError
 from ptq.job_lock import job_lock
 from ptq.multirun import record_outcome
@@ -48,8 +49,8 @@ def _first_lines(text: str, stop: str = "Config search path") -> str:
     return " ".join(text.split(stop)[0].split())
 
 
-def _unknown_key_message(key: str, line: str, overrides: list[str]) -> str:
-    """`quantizer.bogus=1` -> the keys that do exist at the closest existing level of the config."""
+def _composed_keys(key: str, line: str, overrides: list[str]) -> tuple[str, list[str]]:
+    """The keys that do exist at the closest existing level above `key` in the config composed without `line`."""
     from omegaconf import OmegaConf
 
     node_path, keys = key, []
@@ -63,10 +64,24 @@ def _unknown_key_message(key: str, line: str, overrides: list[str]) -> str:
                 break
     except Exception:  # noqa: BLE001 - the message is still useful without the list
         pass
+    return node_path, keys
+
+
+def _unknown_key_message(key: str, line: str, overrides: list[str]) -> str:
+    """`quantizer.bogus=1` -> the keys the schema declares at the closest level (a typed group takes no new
+    key); a key of a free-form dictionary (`model.kwargs.x=1`) or of Hydra's config -> the keys it has now, and
+    for a free-form dictionary how to add one."""
+    from ptq.config_keys import schema_level, unknown_key_message
+    from ptq.schema import Config
+
+    parent, valid, free_form = schema_level(Config, key)
+    if not free_form and not key.startswith("hydra."):
+        return unknown_key_message(key, parent, valid, Config, line)
+    node_path, keys = _composed_keys(key, line, overrides)
     where = f"keys of {node_path}" if node_path else "top-level keys"
     value = line.split("=", 1)[1] if "=" in line else ""
-    return (f"unknown config key '{key}' in {line}; valid {where}: {', '.join(keys) or '(none)'} "
-            f"(a new key is added with +{key}={value})")
+    hint = f" (a new key is added with +{key}={value})" if free_form else ""
+    return f"unknown config key '{key}' in {line}; valid {where}: {', '.join(keys) or '(none)'}{hint}"
 
 
 def _type_error_message(error, parsed) -> str:
@@ -112,6 +127,10 @@ def check_overrides(overrides: list[str]) -> None:
         fail(f"{_first_lines(str(e)).removesuffix('.')}{cause}")
     except Exception as e:  # noqa: BLE001 - anything else Hydra rejects while composing
         fail(f"config cannot be composed ({type(e).__name__}): {_first_lines(str(e))}")
+    try:
+        check_known_keys(cfg)  # `+calib.n_image=64` composes (Hydra's + adds keys to typed nodes): refused here
+    except PTQError as e:
+        fail(str(e))
     check_writable(cfg)
 
 

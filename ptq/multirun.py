@@ -31,7 +31,7 @@ _UNWRITTEN: list[dict] = []  # outcomes of this process's jobs that could not be
 
 def record_outcome(out: Path | None, error: BaseException | None) -> None:
     """Note this job's outcome for the multirun's summary (no-op outside a multirun started by run.py)."""
-    from ptq.app import write_json_atomic
+    from ptq.results_file import write_json_atomic
 
     folder = os.environ.get(ENV_VAR)
     if not folder:

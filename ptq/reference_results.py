@@ -1,53 +1,29 @@
-"""Published numbers (ImageNet top-1, 32 calibration images): PTQ4ViT's from SPEC.md section 6, RepQ-ViT's from
-SPEC-repq.md section 6, AdaLog's from SPEC-adalog.md section 6.
-
-`ptq.report` puts them beside ours for paper models (keys are timm model names). Nothing else reads them.
+"""Published numbers (ImageNet top-1, 32 calibration images) beside ours in ptq.report, for paper models (keys are
+timm model names). Each method's own numbers live in its file, ptq/methods/<preset>.yaml (PTQ4ViT's and BasePTQ's
+from SPEC.md section 6, RepQ-ViT's from SPEC-repq.md, AdaLog's from SPEC-adalog.md); here: the lookup, PTQ4ViT's
+table 1 as a table (its models give the report's paper-model order), and PTQ4ViT's ablation table (its rows are
+component switches, not methods).
 """
 from __future__ import annotations
 
-# Table 1, from the reference README: model -> {"FP32": top-1, (method, bits): top-1}.
-_T1_COLUMNS = ("FP32", ("BasePTQ", "W8A8"), ("BasePTQ", "W6A6"), ("PTQ4ViT", "W8A8"), ("PTQ4ViT", "W6A6"))
-_T1_ROWS = {
-    "vit_small_patch32_224": (75.99, 73.61, 60.14, 75.58, 71.91),
-    "vit_small_patch16_224": (81.39, 80.47, 70.24, 81.00, 78.63),
-    "vit_base_patch16_224": (84.54, 83.90, 75.67, 84.25, 81.65),
-    "vit_base_patch16_384": (86.00, 85.35, 46.89, 85.83, 83.35),
-    "deit_small_patch16_224": (79.80, 77.65, 72.27, 79.47, 76.28),
-    "deit_base_patch16_224": (81.80, 80.95, 78.79, 81.48, 80.25),
-    "deit_base_patch16_384": (83.11, 82.33, 68.44, 82.97, 81.55),
-    "swin_tiny_patch4_window7_224": (81.39, 80.96, 78.46, 81.25, 80.47),
-    "swin_small_patch4_window7_224": (83.23, 82.76, 81.74, 83.11, 82.38),
-    "swin_base_patch4_window7_224": (85.27, 84.79, 83.35, 85.15, 84.01),
-    "swin_base_patch4_window12_384": (86.44, 86.17, 85.23, 86.39, 85.39),
-}
-TABLE1: dict[str, dict] = {model: dict(zip(_T1_COLUMNS, values)) for model, values in _T1_ROWS.items()}
+from ptq.methods import by_label, methods
 
-# PTQ4ViT at W4A4 as quoted by later papers (never published by the authors; SPEC.md section 6, last line).
-W4A4_QUOTED: dict[str, float] = {
-    "vit_small_patch16_224": 42.57, "vit_base_patch16_224": 30.69, "deit_tiny_patch16_224": 36.96,
-    "deit_small_patch16_224": 34.08, "deit_base_patch16_224": 64.39, "swin_small_patch4_window7_224": 76.09,
-    "swin_base_patch4_window7_224": 74.02,
-}
+TABLE1_METHODS, TABLE1_BITS = ("base_ptq", "ptq4vit"), ("W8A8", "W6A6")
 
-# RepQ-ViT (SPEC-repq.md section 6, from its reference's README; 32 calibration images): model -> bits -> top-1.
-# Its FP32 column differs from table 1's by up to 0.05 (timm versions); ours are compared with table 1's FP32.
-_REPQ_ROWS = {
-    "vit_small_patch16_224": (65.05, 80.43), "vit_base_patch16_224": (68.48, 83.62),
-    "deit_tiny_patch16_224": (57.43, 70.76), "deit_small_patch16_224": (69.03, 78.90),
-    "deit_base_patch16_224": (75.61, 81.27), "swin_tiny_patch4_window7_224": (72.31, 80.69),
-    "swin_small_patch4_window7_224": (79.45, 82.79),
-}
-REPQ_VIT: dict[str, dict[str, float]] = {m: {"W4A4": w4, "W6A6": w6} for m, (w4, w6) in _REPQ_ROWS.items()}
 
-# AdaLog (SPEC-adalog.md section 6, its reference's README; calibration only, 32 images): model -> bits -> top-1.
-_ADALOG_ROWS = {
-    "vit_small_patch16_224": (13.88, 72.75, 80.91), "vit_base_patch16_224": (37.91, 79.68, 84.80),
-    "deit_tiny_patch16_224": (31.56, 63.52, 71.38), "deit_small_patch16_224": (24.47, 72.06, 79.39),
-    "deit_base_patch16_224": (57.45, 78.03, 81.55), "swin_small_patch4_window7_224": (64.41, 80.77, 83.19),
-    "swin_base_patch4_window7_224": (69.75, 82.47, 85.09),
-}
-ADALOG: dict[str, dict[str, float]] = {m: {"W3A3": w3, "W4A4": w4, "W6A6": w6}
-                                       for m, (w3, w4, w6) in _ADALOG_ROWS.items()}
+def _table1() -> dict[str, dict]:
+    """PTQ4ViT's table 1: model -> {"FP32": top-1, (method label, bits): top-1}, models in the paper's order."""
+    table = {}
+    for model, fp32 in methods()["fp32"].top1.items():
+        row = {"FP32": fp32}
+        for preset in TABLE1_METHODS:
+            m = methods()[preset]
+            row.update({(m.label, bits): m.reference(model, bits) for bits in TABLE1_BITS})
+        table[model] = row
+    return table
+
+
+TABLE1: dict[str, dict] = _table1()
 
 # Ablation (PTQ4ViT preset): (HG, ST, GT) -> model -> (W8A8, W6A6). HG = Hessian-guided metric,
 # ST = softmax twin, GT = GELU twin. The all-off row equals the BasePTQ column of table 1 in the reference.
@@ -75,18 +51,10 @@ def base_model_name(name: str) -> str:
 
 
 def table1_reference(model: str, method: str, bits: str | None = None) -> float | None:
-    """The reference top-1 of `method` ("FP32", "BasePTQ", "PTQ4ViT", "RepQ-ViT", "AdaLog") at `bits` ("W8A8", ...) on
-    `model`."""
-    model = base_model_name(model)
-    if method == "FP32":
-        return TABLE1.get(model, {}).get("FP32")
-    if method == "PTQ4ViT" and bits == "W4A4":
-        return W4A4_QUOTED.get(model)
-    if method == "RepQ-ViT":
-        return REPQ_VIT.get(model, {}).get(bits)
-    if method == "AdaLog":
-        return ADALOG.get(model, {}).get(bits)
-    return TABLE1.get(model, {}).get((method, bits))
+    """The published top-1 of the method labelled `method` ("FP32", "BasePTQ", "PTQ4ViT", "RepQ-ViT", "AdaLog":
+    the `label` of a ptq/methods/<preset>.yaml) at `bits` ("W8A8", ...) on `model`, from that method's file."""
+    names = by_label(method)
+    return names.reference(base_model_name(model), bits) if names is not None else None
 
 
 def uses_quantizer(settings: dict, kind: str) -> bool:

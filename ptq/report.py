@@ -30,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ptq.methods import method_labels
+from ptq.plot_style import line_colours, model_label, outlier_profile, save_figure  # noqa: F401 (API)
 from ptq.reference_results import ABLATION_ROWS, ablation_flags, ablation_reference, base_model_name, table1_reference
 from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION, reject_untrusted
 from ptq.results_file import flat_config as _flatten
@@ -38,9 +40,9 @@ from ptq.results_file import read_results as load_results_file
 SCHEMA_VERSIONS = tuple(range(1, RESULTS_SCHEMA_VERSION + 1))  # versions this report reads (no field: version 1)
 FORMATS = ("md", "csv", "tex")
 LAYOUTS = ("auto", "main", "ablation", "metrics")
-# Display names of the quantizer presets (conf/quantizer/); any other preset is shown by its name.
-METHOD_LABELS = {"fp32": "FP32", "base_ptq": "BasePTQ", "ptq4vit": "PTQ4ViT", "repq_vit": "RepQ-ViT",
-                 "ptq4vit_repq": "PTQ4ViT+RepQ", "adalog": "AdaLog"}
+# Display names of the quantizer presets, in report order: each method's `label` in ptq/methods/<preset>.yaml; any
+# other preset is shown by its name.
+METHOD_LABELS = method_labels()
 # Settings that are the table's own axes (rows, columns), never a split.
 AXIS_KEYS = ("model.name", "quantizer.name", "quantizer.enabled", "bits.w", "bits.a")
 # Settings on which runs are repeats of one measurement: averaged, mean ± std.
@@ -93,19 +95,6 @@ def schema_version(data) -> int | None:
         return None
     version = data.get("schema_version", 1)
     return version if isinstance(version, int) and version in SCHEMA_VERSIONS else None
-
-
-def outlier_profile(cfg: dict) -> str | None:
-    """The stress profile of the run's model (`model.outliers.profile`, ptq/models/outliers.py), None when off."""
-    profile = ((cfg.get("model") or {}).get("outliers") or {}).get("profile")
-    return None if profile in (None, "none") else str(profile)
-
-
-def model_label(data: dict, cfg: dict) -> str:
-    """The model's name; a stressed test-bed (an outlier profile) is its own model: `fmnist_vit+deit_like`."""
-    name = data.get("model") or (cfg.get("model") or {}).get("name") or "?"
-    profile = outlier_profile(cfg)
-    return f"{name}+{profile}" if profile else name
 
 
 def record(path: Path, data: dict, root: Path | None = None) -> dict:
@@ -603,21 +592,6 @@ def failed_table(df: pd.DataFrame) -> pd.DataFrame:
                          "error": bad["error"].fillna("").map(lambda e: " ".join(str(e).split())[:200])})
 
 
-def save_figure(fig, path: Path, dpi: int = 120) -> Path:
-    """Save a matplotlib figure of the notebooks as PNG (folders created); the figure stays open for display."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    return path
-
-
-def line_colours(keys) -> dict:
-    """One matplotlib colour (C0..C9, cycling) per distinct key, in sorted order: a method keeps its colour in every
-    panel of a figure even where some of the methods are missing."""
-    return {key: f"C{i % 10}" for i, key in enumerate(sorted(set(keys)))}
-
-
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per job with the numbers the notebooks plot (no nested config or settings)."""
     return df.drop(columns=list(INTERNAL_COLUMNS))
@@ -627,15 +601,23 @@ def runs_table(df: pd.DataFrame) -> pd.DataFrame:
 # Report
 
 
+OPTIONAL_TABLES = ("failed", "unreadable")  # written (csv) and uploaded (W&B) only when they have rows
+
+
 def build_report(paths, layout: str = "auto") -> dict:
-    """Everything `ptq.report` writes: {"layout", "table", "drop", "failed", "unreadable", "records"}."""
+    """Everything `ptq.report` writes: {"layout", "table", "drop", "failed", "unreadable", "records", "tables"};
+    `tables` is every table of the report by name (table, drop, cells, runs, failed, unreadable -> DataFrame),
+    what both consumers, the file writer (`write_report`) and the W&B upload (ptq/loggers/wandb_report.py), take."""
     rows, unreadable = read_results(paths)
     df = _records_frame(rows)
     if layout == "auto":
         layout = pick_layout(df)
     fn = LAYOUT_FUNCTIONS[layout]
-    return {"layout": layout, "table": fn(df), "drop": fn(df, drop=True), "failed": failed_table(df),
-            "unreadable": pd.DataFrame(unreadable, columns=["file", "reason"]), "records": df}
+    rep = {"layout": layout, "table": fn(df), "drop": fn(df, drop=True), "failed": failed_table(df),
+           "unreadable": pd.DataFrame(unreadable, columns=["file", "reason"]), "records": df}
+    rep["tables"] = {"table": rep["table"].display, "drop": rep["drop"].display, "cells": rep["table"].cells,
+                     "runs": runs_table(df), "failed": rep["failed"], "unreadable": rep["unreadable"]}
+    return rep
 
 
 def report_markdown(rep: dict, sources) -> str:
@@ -665,19 +647,15 @@ def write_report(rep: dict, out: Path, formats=FORMATS, sources=()) -> list[Path
             written[-1].write_text(t.markdown() if name == "drop" else report_markdown(rep, sources))
         if "csv" in formats:
             written.append(out / f"{name}.csv")
-            t.display.to_csv(written[-1], index=False)
+            rep["tables"][name].to_csv(written[-1], index=False)
         if "tex" in formats:
             written.append(out / f"{name}.tex")
             written[-1].write_text(t.latex())
     if "csv" in formats:
-        written.append(out / "cells.csv")
-        rep["table"].cells.to_csv(written[-1], index=False)
-        written.append(out / "runs.csv")
-        runs_table(rep["records"]).to_csv(written[-1], index=False)
-        for name in ("failed", "unreadable"):
-            if len(rep.get(name, ())):
+        for name, frame in rep["tables"].items():
+            if name not in ("table", "drop") and (name not in OPTIONAL_TABLES or len(frame)):
                 written.append(out / f"{name}.csv")
-                rep[name].to_csv(written[-1], index=False)
+                frame.to_csv(written[-1], index=False)
     return written
 
 

@@ -1,4 +1,5 @@
-"""What a results.json must hold to be trusted, shared by sweep resume (ptq/sweep.py) and ptq.report.
+"""results.json: its one writer (`write_results`, used by the job, the sweep's failure records and reused copies,
+and after logging), and what a file must hold to be trusted, shared by sweep resume (ptq/sweep.py) and ptq.report.
 
 A resumed sweep skips a job only for a file that parses, is a JSON object with the fields of its status, and has
 this code's schema version; anything else is renamed aside (kept for inspection) and the job runs again. No torch
@@ -13,8 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
+
+from ptq.errors import writing
 
 log = logging.getLogger("ptq")
 RESULTS_FILE = "results.json"
@@ -28,6 +32,29 @@ REQUIRED_FIELDS = {  # status -> field -> allowed JSON types
     "ok": {"model": (str,), "quantizer": (str,), "top1": _NUMBER, "top1_fp32": _NUMBER, "config": (dict,)},
     "failed": {"error": (str,), "config": (dict,)},
 }
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    """Write JSON through a uniquely named temporary file and a rename, so a crash never leaves half a file and
+    concurrent writers (two sweeps, threads) never share a temporary file. A write error names the file."""
+    with writing(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(data, indent=2, default=str) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def write_results(out_dir: Path, results: dict) -> Path:
+    """Write a job's results.json into `out_dir` (created when missing), atomically; returns its path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS_FILE
+    write_json_atomic(path, results)
+    return path
 
 
 def schema_version(data: dict) -> object:

@@ -21,6 +21,11 @@ from omegaconf import MISSING
 from ptq.models.outliers import OutliersConfig
 
 
+def choice(default: str, choices: tuple[str, ...]):
+    """A string field with a fixed vocabulary: ptq/validation.py makes its rule from `choices` (one list)."""
+    return field(default=default, metadata={"choices": choices})
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING                                       # timm model name (test-bed names are registered)
@@ -42,7 +47,7 @@ class DataConfig:
     workers: int = 8                                         # image folders: DataLoader workers
     max_test: int | None = None                           # evaluate on the first N test images (null = all)
     transform: dict[str, Any] = field(default_factory=dict)  # image folders: overrides of timm's eval transform
-    on_bad_file: str = "error"                               # image folders: error (names the file) | skip
+    on_bad_file: str = choice("error", ("error", "skip"))   # image folders: error (names the file) | skip
 
 
 @dataclass
@@ -58,17 +63,23 @@ class BitsConfig:
     a: int = MISSING                 # activation bits (every activation slot unless it sets its own `bits`)
 
 
+CALIB_MODES = ("parallel", "sequential")  # calib.mode (ptq/quant/calibrate.py runs both)
+CALIB_TRANSFORMS = ("eval", "train")       # calib.transform (ptq/data/dataset.py)
+
+
 @dataclass
 class CalibConfig:
     n_images: int = 32               # calibration images from the train split
     seed: int = 3                    # RandomState(seed).permutation(len(train))[:n_images] (reference seed 3)
-    mode: str = "parallel"           # parallel: float inputs for every layer | sequential: quantized layers before
+    # parallel: float inputs for every layer | sequential: quantized layers before
+    mode: str = choice("parallel", CALIB_MODES)
     batch_size: int = 8              # images per forward/backward while capturing (bounds autograd memory)
     chunk_mb: float | None = None  # memory bound of one chunk of candidate outputs; null: 8 (CPU), 1024 (CUDA)
     capture_mb: float = 4096.0       # memory bound of the activations captured at once
     fast_paths: bool = True          # exact shortcuts (mse on linear weights via Gram matrices)
-    transform: str = "eval"          # eval: the model's eval transform | train: a train-time augmentation,
-    #                                  drawn once with calib.seed (AdaLog's reference: transform=train, seed=5)
+    # eval: the model's eval transform | train: a train-time augmentation, drawn once with calib.seed (AdaLog's
+    # reference: transform=train, seed=5)
+    transform: str = choice("eval", CALIB_TRANSFORMS)
 
 
 @dataclass

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ptq.app import RESULTS_FILE, RESULTS_SCHEMA_VERSION, resolved_config, write_json_atomic
+from ptq.app import resolved_config
 from ptq.results_file import BOOKKEEPING_KEYS as IGNORED_KEYS
-from ptq.results_file import job_mismatch, read_results, reject
+from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION, job_mismatch, read_results, reject, write_results
 
 log = logging.getLogger("ptq")
 
@@ -111,25 +111,24 @@ def run_with_resume(run: Callable, cfg: DictConfig, out: Path | None, reuse_sibl
             log.info("same effective config as %s: its results reused (force=true re-runs)", source.name)
             results = {k: v for k, v in old.items() if k not in ("params_file", "wandb")}
             results.update(config=resolved_config(cfg), duplicate_of=source.name)
-            out.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(out / RESULTS_FILE, results)
+            write_results(out, results)
             return results
     return run(cfg, out)
 
 
 def _complete_logging(cfg: DictConfig, results: dict, out: Path | None) -> None:
-    from ptq.loggers import log_run, needs_logging, set_incomplete_aside
+    from ptq.app import log_and_record
+    from ptq.loggers import needs_logging, set_incomplete_aside
 
     if needs_logging(cfg, results):
         log.info("the W&B record of %s was not completed: logging it from results.json", out)
         set_incomplete_aside(out)
-        log_run(cfg, results, out)
+        log_and_record(cfg, results, out)
 
 
 def record_failure(cfg: DictConfig, out: Path | None, error: BaseException) -> None:
     if out is None:
         return
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out / RESULTS_FILE, {
+    write_results(out, {
         "status": "failed", "schema_version": RESULTS_SCHEMA_VERSION, "error": f"{type(error).__name__}: {error}",
         "traceback": traceback.format_exception(error)[-5:], "config": resolved_config(cfg)})

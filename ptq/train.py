@@ -100,6 +100,10 @@ def train(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> None:
+    from ptq.config_keys import check_known_keys
+    from ptq.schema import TrainConfig
+
+    check_known_keys(cfg, TrainConfig)  # `+train.epoch=3` would compose and be ignored
     train(cfg)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+from ptq.config_keys import check_known_keys
 from ptq.errors import PTQError
 
 SEED_MAX = 2**32 - 1  # numpy's RandomState takes seeds in 0..2^32-1
@@ -69,15 +70,12 @@ RULES: tuple[Rule, ...] = (
     Rule("calib.batch_size", "int", 1),
     Rule("calib.chunk_mb", "number", 0, low_open=True, nullable=True, null_means="8 on CPU, 1024 on CUDA"),
     Rule("calib.capture_mb", "number", 0, low_open=True),
-    Rule("calib.mode", "choice", choices=("parallel", "sequential")),
     Rule("calib.fast_paths", "bool"),
-    Rule("calib.transform", "choice", choices=("eval", "train")),
     Rule("eval.batch_size", "int", 1, required=True),
     Rule("metric.fisher_draws", "int", 1),
     Rule("data.max_test", "int", 1, nullable=True, null_means="all test images"),
     Rule("data.workers", "int", 0),
     Rule("data.download", "bool"),
-    Rule("data.on_bad_file", "choice", choices=("error", "skip")),
     Rule("quantizer.search.n", "int", 1),
     Rule("quantizer.search.rounds", "int", 1),
     Rule("quantizer.search.alpha", "number", 0, low_open=True),
@@ -90,6 +88,29 @@ RULES: tuple[Rule, ...] = (
     Rule("quantizer.load", "file", nullable=True, null_means="calibrate"),
     # data.root: a cross check (_data_root), since Fashion-MNIST may be downloaded into a missing folder
 )
+
+
+def schema_choice_rules(schema: type | None = None, prefix: str = "") -> tuple[Rule, ...]:
+    """A choice rule for every schema field declared with `ptq.schema.choice` (its vocabulary stated once, in the
+    schema), e.g. calib.mode, calib.transform, data.on_bad_file."""
+    import dataclasses
+
+    from ptq.config_keys import schema_fields, unwrap_optional
+
+    if schema is None:
+        from ptq.schema import Config as schema
+    rules: list[Rule] = []
+    hints = schema_fields(schema)
+    for f in dataclasses.fields(schema):
+        hint = unwrap_optional(hints[f.name])
+        if "choices" in f.metadata:
+            rules.append(Rule(f"{prefix}{f.name}", "choice", choices=tuple(f.metadata["choices"])))
+        elif dataclasses.is_dataclass(hint):
+            rules.extend(schema_choice_rules(hint, f"{prefix}{f.name}."))
+    return tuple(rules)
+
+
+RULES += schema_choice_rules()
 
 
 def _select(cfg: DictConfig, key: str) -> object:
@@ -181,7 +202,9 @@ CROSS_CHECKS: tuple[Callable[[DictConfig], None], ...] = (_search_range, _data_r
 
 
 def validate_config(cfg: DictConfig) -> None:
-    """All rules of the table, then the cross-field checks; raises PTQError on the first broken one."""
+    """No key the schema lacks (ptq/config_keys.py), all rules of the table, then the cross-field checks; raises
+    PTQError on the first broken one."""
+    check_known_keys(cfg)
     check_rules(cfg)
     for check in CROSS_CHECKS:
         check(cfg)

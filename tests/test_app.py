@@ -183,3 +183,25 @@ def test_wandb_run_carries_the_calibration_table(compose, tmp_path, monkeypatch)
     assert (first["layer"], first["operand"], first["quantizer"]) == (records[0]["layer"], records[0]["operand"],
                                                                       records[0]["quantizer"])
     assert json.loads(first["param"]) == records[0]["param"]
+
+
+def test_logger_returns_its_record_and_the_job_writes_it(compose, tmp_path, monkeypatch):
+    """One writer of results.json: the logger gets the results and returns what it did (the W&B state); the
+    job (ptq.app.log_and_record) puts that into results.json, through ptq.results_file.write_results."""
+    from ptq.app import log_and_record
+    from ptq.loggers import log_run
+    from ptq.results_file import write_results
+
+    cfg = compose(["logger=wandb", "logger.mode=offline"])
+    seen = []
+    monkeypatch.setattr("ptq.loggers.wandb_logger.log_to_wandb",
+                        lambda cfg, results, out: seen.append(dict(results)) or {"state": "done", "run_id": "r1"})
+    write_results(tmp_path, _results(wandb={"state": "pending"}))
+    before = (tmp_path / RESULTS_FILE).read_text()
+    assert log_run(cfg, _results(), tmp_path) == {"state": "done", "run_id": "r1"}
+    assert (tmp_path / RESULTS_FILE).read_text() == before  # the logger wrote nothing
+    results = _results(wandb={"state": "pending"})
+    log_and_record(cfg, results, tmp_path)
+    assert results["wandb"] == {"state": "done", "run_id": "r1"} and len(seen) == 2
+    assert json.loads((tmp_path / RESULTS_FILE).read_text())["wandb"] == {"state": "done", "run_id": "r1"}
+    assert log_run(compose(["logger=none"]), _results(), tmp_path) is None

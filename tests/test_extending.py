@@ -56,3 +56,23 @@ def test_doc_method_yaml_calibrates(pot_quantizer, tmp_path, compose):
     weights = {k: v for k, v in kinds.items() if k.endswith(".weight") and "patch_embed" not in k}
     assert len(weights) == 4 * 4 + 1 and set(weights.values()) == {"pot_uniform"}  # 4 linears per block + head
     assert kinds["patch_embed.proj.weight"] == "uniform" and kinds["blocks.0.mlp.fc2.input"] == "twin_gelu"
+
+
+def test_doc_method_names_label_the_method(tmp_path, monkeypatch):
+    """The page's `ptq/methods/ptq4vit_pot.yaml` block, dropped beside the shipped method files, names the method
+    in reports and places it after PTQ4ViT."""
+    import shutil
+
+    from ptq import methods
+
+    folder = tmp_path / "methods"
+    shutil.copytree(methods.METHODS_DIR, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    (folder / "ptq4vit_pot.yaml").write_text(doc_block("names"))
+    monkeypatch.setattr(methods, "METHODS_DIR", folder)
+    methods.methods.cache_clear()
+    try:
+        labels = methods.method_labels()
+    finally:
+        methods.methods.cache_clear()
+    assert labels["ptq4vit_pot"] == "PTQ4ViT-PoT"
+    assert list(labels)[list(labels).index("ptq4vit") + 1] == "ptq4vit_pot"

@@ -140,7 +140,7 @@ def test_long_override_list_gets_a_hashed_folder(tmp_path, monkeypatch, capsys):
 
 # -- concurrency ---------------------------------------------------------------------------------------------------
 def test_write_json_atomic_concurrent(tmp_path):
-    from ptq.app import write_json_atomic
+    from ptq.results_file import write_json_atomic
 
     path = tmp_path / "results.json"
     errors = []

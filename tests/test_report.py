@@ -308,3 +308,26 @@ def test_disabled_twin_slot_is_not_counted(tmp_path):
     (folder / "results.json").write_text(json.dumps(data))
     rec = report.build_report([d])["records"].iloc[0]
     assert (bool(rec["twin_softmax"]), bool(rec["twin_gelu"])) == (False, True)
+
+
+def test_build_report_names_every_table_and_both_consumers_take_them(table1_sweep, tmp_path, monkeypatch):
+    """`build_report` decides which tables a report has (`tables`): the csv writer writes each one with rows,
+    the W&B upload logs the same set (nothing of its own)."""
+    rep = report.build_report([table1_sweep])
+    assert list(rep["tables"]) == ["table", "drop", "cells", "runs", "failed", "unreadable"]
+    assert len(rep["tables"]["failed"]) == 1 and not len(rep["tables"]["unreadable"])
+    written = report.write_report(rep, tmp_path / "out", formats=["csv"])
+    assert [p.stem for p in written] == ["table", "drop", "cells", "runs", "failed"]
+    import sys
+    import types
+
+    from ptq.loggers import wandb_report
+
+    logged = {}
+    run = types.SimpleNamespace(id="r", project="p", log=logged.update, finish=lambda: None)
+    fake = types.SimpleNamespace(init=lambda **kw: run, Settings=lambda **kw: None,
+                                 Table=lambda dataframe: dataframe)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    wandb_report.log_report(rep, [table1_sweep], out=tmp_path / "out")
+    assert sorted(logged) == sorted(p.stem for p in written)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 import matplotlib  # noqa: E402
 
@@ -21,7 +20,8 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ptq.models.outliers import PROFILES  # noqa: E402
-from ptq.report import line_colours, load_records, usable  # noqa: E402
+from ptq.plot_style import line_colours  # noqa: E402
+from ptq.report import load_records, usable  # noqa: E402
 
 MEASURES = (("drop", "top-1 drop (points)"), ("kl_fp32", "KL(fp32 || quantized)"))
 

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 import matplotlib  # noqa: E402
 
@@ -25,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ptq.report import model_label  # noqa: E402
+from ptq.plot_style import model_label  # noqa: E402
 
 RECONS = ("none", "brecq", "qdrop")
 MEASURES = (("kl_fp32", "KL(fp32 || quantized)"), ("agreement", "agreement with fp32 (%)"))

@@ -54,15 +54,12 @@ def set_incomplete_aside(out: Path | None) -> None:
         os.replace(run_dir, run_dir.with_name(INCOMPLETE_PREFIX + run_dir.name))
 
 
-def log_run(cfg: DictConfig, results: dict, out: Path | None) -> None:
-    """Send one finished run (config, summary metrics, calibrated parameters) to the configured logger and record
-    in results.json whether the record was completed."""
+def log_run(cfg: DictConfig, results: dict, out: Path | None) -> dict | None:
+    """Send one finished run (config, summary metrics, calibrated parameters) to the configured logger; returns
+    the record to keep in results.json under `wandb` (its state: done or failed), or None when nothing was
+    logged. Writes no results file: the job records what this returns (ptq.app.log_and_record)."""
     if not _uses_wandb(cfg):
-        return
+        return None
     from ptq.loggers.wandb_logger import log_to_wandb
 
-    results["wandb"] = log_to_wandb(cfg, results, out)
-    if out is not None and (Path(out) / "results.json").is_file():
-        from ptq.app import RESULTS_FILE, write_json_atomic
-
-        write_json_atomic(Path(out) / RESULTS_FILE, results)
+    return log_to_wandb(cfg, results, out)

@@ -36,7 +36,8 @@ def _table(frame: pd.DataFrame):
 
 
 def log_report(rep: dict, sources, group: str | None = None, out: Path | None = None) -> str:
-    """Log the tables of `rep` (ptq.report.build_report) as one run of job type `report`; returns where it went."""
+    """Log every table of `rep["tables"]` that has rows (ptq.report.build_report decides which tables a report
+    has) as one run of job type `report`; returns where it went."""
     mode = os.environ.get("WANDB_MODE") or "offline"
     if mode not in MODES:
         raise PTQError(f"WANDB_MODE={mode} is unknown; valid: {', '.join(MODES)}")
@@ -45,8 +46,6 @@ def log_report(rep: dict, sources, group: str | None = None, out: Path | None = 
         return f"not logged (WANDB_MODE=disabled), group {group}"
     import wandb
 
-    from ptq.report import runs_table
-
     folder = Path(out) if out is not None else Path(sources[0])
     folder.mkdir(parents=True, exist_ok=True)
     run = wandb.init(project=report_project(rep["records"]), group=group, name=f"report-{rep['layout']}",
@@ -54,9 +53,7 @@ def log_report(rep: dict, sources, group: str | None = None, out: Path | None = 
                      config={"sources": [str(s) for s in sources], "layout": rep["layout"]},
                      settings=wandb.Settings(console="off", x_disable_stats=True, silent=True, init_timeout=60))
     try:
-        tables = {"table": rep["table"].display, "drop": rep["drop"].display, "cells": rep["table"].cells,
-                  "runs": runs_table(rep["records"]), "failed": rep["failed"], "unreadable": rep["unreadable"]}
-        run.log({name: _table(frame) for name, frame in tables.items() if len(frame)})
+        run.log({name: _table(frame) for name, frame in rep["tables"].items() if len(frame)})
         where = f"{mode} run {run.id} in group {group} of project {run.project}"
         if mode == "offline":
             where += f" ({folder / 'wandb'}; upload: wandb sync {folder}/wandb/offline-run-*)"

@@ -15,13 +15,12 @@ from dataclasses import asdict, dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from ptq.errors import PTQError, choices
+from ptq.quant.gradients import GRAD_SOURCES
 from ptq.quant.slots import GRANULARITIES, SLOTS, SlotSpec, effective_slot
-from ptq.schema import ReconConfig, SearchConfig
+from ptq.schema import CALIB_MODES, ReconConfig, SearchConfig
 
 COMPAT = ("paper", "official")
 PARTNERS = ("quantized", "float")
-GRAD_SOURCES = ("kl_self", "kl_quant", "pseudo_ce", "label_ce", "fisher")
-MODES = ("parallel", "sequential")
 # Default gradient source of the Hessian metric in paper mode; chosen from the test-bed measurements in
 # experiments/benchmark_testbed.md (see README "Gradient source"). Official mode: the reference's kl_self.
 GRAD_BY_COMPAT = {"paper": "fisher", "official": "kl_self"}
@@ -110,7 +109,7 @@ def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
     _check("metric", m.name, METRICS)
     grad = m.grad if m.grad is not None else GRAD_BY_COMPAT[q.compat]
     _check("metric.grad", grad, GRAD_SOURCES)
-    _check("calib.mode", c.mode, MODES)
+    _check("calib.mode", c.mode, CALIB_MODES)
     if c.n_images < 1:
         raise PTQError(f"calib.n_images={c.n_images} is impossible; valid: an integer >= 1 (at most the train split)")
     search = SearchConfig(**OmegaConf.to_container(q.search, resolve=True))
