@@ -171,3 +171,24 @@ def test_short_reconstruction_is_bit_identical_to_the_plain_step(compose, monkey
     assert [k for k in fused if not torch.equal(fused[k], plain_state[k])] == []
     rounding = [k for k in fused if k.endswith(".rounding")]
     assert rounding and any(fused[k].abs().sum() > 0 for k in rounding)      # the rounding did move
+
+
+def test_a_quantizer_without_soft_parts_is_reconstructed_through_soft_fake():
+    from ptq.recon.adaround import rectified_sigmoid
+    from ptq.recon.learnable import LearnedRounding
+
+    class Plain(QUANTIZERS["uniform"]):     # an extension quantizer written before the kernels
+        def soft_parts(self, w):
+            raise NotImplementedError
+
+        def soft_fake(self, w, up):
+            return (torch.floor(w / self.param) + up).clamp(-8, 7) * self.param
+
+    q = Plain(4, Layout())
+    q.set_param(torch.tensor([0.25]))
+    w = torch.linspace(-2, 2, 17)
+    m = LearnedRounding(q, w)
+    m.b = 5.0
+    assert m.parts is None
+    assert torch.equal(m(w), q.soft_fake(w, rectified_sigmoid(m.alpha)))
+    assert torch.equal(m.regularizer(5.0), (1.0 - (2.0 * rectified_sigmoid(m.alpha) - 1.0).abs().pow(5.0)).sum())

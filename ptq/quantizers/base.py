@@ -192,7 +192,8 @@ class Quantizer(nn.Module):
 
     def soft_parts(self, w: torch.Tensor):
         """What soft_fake needs that stays fixed while the rounding is learned (ptq.quantizers.kernels.SoftParts:
-        floor(w / scale), zero point, scale, code range), so reconstruction computes it once per unit."""
+        floor(w / scale), zero point, scale, code range), so reconstruction computes it once per unit and runs the
+        fused kernel; a quantizer without it is reconstructed through soft_fake."""
         raise NotImplementedError(f"quantizer {self.kind} does not declare learnable_rounding")
 
     def floor_frac(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ptq.quant.modules import QuantOp
 from ptq.quantizers import Quantizer
-from ptq.quantizers.kernels import soft_round
+from ptq.quantizers.kernels import SoftParts, soft_round
 from ptq.recon.adaround import hard_rounding, init_alpha, rectified_sigmoid, rounding_regularizer
 
 
@@ -29,7 +29,10 @@ class LearnedRounding(nn.Module):
         self.q = q
         frac, up = q.floor_frac(weight.detach())
         self.alpha = nn.Parameter(init_alpha(frac, up))
-        self.parts = q.soft_parts(weight.detach())
+        try:
+            self.parts: SoftParts | None = q.soft_parts(weight.detach())
+        except NotImplementedError:      # a quantizer with soft_fake only: the plain expression every step
+            self.parts = None
         self.b: float | None = None
         self._reg: torch.Tensor | None = None
 
@@ -37,6 +40,8 @@ class LearnedRounding(nn.Module):
         return rectified_sigmoid(self.alpha)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.parts is None:
+            return self.q.soft_fake(w, self.h())
         out, reg = soft_round(self.alpha, self.parts, self.b)
         self._reg = reg if self.b is not None else None
         return out
