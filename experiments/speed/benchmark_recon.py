@@ -211,7 +211,8 @@ def write(rows: list[dict], argv: str) -> str:
     stage = [r for r in allrows if r["mode"] == "stage"]
     md = ["# Reconstruction speed: before issue 23 (546eb90) and now, side by side", "",
           f"`PYTHONPATH=$PWD python experiments/speed/benchmark_recon.py {argv}` (rows accumulate over runs)", "",
-          "fmnist_vit W4A4 (threads: the column), `--stage`: old and new worker processes interleaved (round = one old and one new "
+          "fmnist_vit W4A4 (threads: the column); `--stage`: old and new worker processes interleaved "
+          "(round = one old and one new "
           "run, back to back). `hash`: the hardened rounding, learned steps and every other saved quantizer "
           "parameter; equal = bit-identical. `load`: 1-minute load average before / after the worker (other jobs "
           "share the 2 cores).", ""]

@@ -137,7 +137,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="fmnist_vit with small settings (the CPU check)")
-    ap.add_argument("--budget", type=float, default=540.0, help="seconds for all jobs together")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds for all jobs together (default: 540 on a device, 1800 with --tiny)")
     ap.add_argument("--recon-iters", type=int, default=200)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default=os.environ.get("OUT") or str(HERE))
@@ -155,6 +156,7 @@ def main() -> None:
     import torch
 
     device = "cpu" if args.tiny else args.device
+    args.budget = args.budget or (1800.0 if args.tiny else 540.0)
     t_start = time.time()
     rows, skipped, last = [], [], {}
     for spec in jobs(args.tiny, args.recon_iters):
