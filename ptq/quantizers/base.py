@@ -158,12 +158,14 @@ class Quantizer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return x
-        out = self.fake(x, self.param)
         if x.requires_grad and torch.is_grad_enabled():
             # straight-through estimator: round() has zero gradient, so the loss gradient of a quantized model
-            # (metric.grad=kl_quant) would vanish; pass it through unchanged instead
-            return x + (out - x).detach()
-        return out
+            # (metric.grad=kl_quant, reconstruction through fixed quantizers) would vanish; pass it through
+            # unchanged instead (the fake values without recording their graph: only x + (out - x) is differentiated)
+            with torch.no_grad():
+                step = self.fake(x, self.param) - x
+            return x + step
+        return self.fake(x, self.param)
 
     def export(self) -> dict[str, torch.Tensor]:
         """Every calibrated value worth saving (scales, splits, code ranges); `restore` loads it back."""
@@ -188,6 +190,12 @@ class Quantizer(nn.Module):
     # -- reconstruction (only quantizers that declare learnable_rounding / learnable_step) -------------------------
     def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """w quantized with floor(w / scale) + up, up in [0, 1] per element (soft or hard rounding decision)."""
+        raise NotImplementedError(f"quantizer {self.kind} does not declare learnable_rounding")
+
+    def soft_parts(self, w: torch.Tensor):
+        """What soft_fake needs that stays fixed while the rounding is learned (ptq.quantizers.kernels.SoftParts:
+        floor(w / scale), zero point, scale, code range), so reconstruction computes it once per unit and runs the
+        fused kernel; a quantizer without it is reconstructed through soft_fake."""
         raise NotImplementedError(f"quantizer {self.kind} does not declare learnable_rounding")
 
     def floor_frac(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,6 +16,7 @@ from ptq.quantizers.base import (
     register_quantizer,
     safe_scale,
 )
+from ptq.quantizers.kernels import SoftParts, soft_apply, ste_fake
 
 
 @register_quantizer("uniform")
@@ -54,17 +55,16 @@ class UniformQuantizer(KeepsRounding, Quantizer):
         low = torch.floor(v)
         return v - low, torch.round(v) - low
 
-    def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    def soft_parts(self, w: torch.Tensor) -> SoftParts:
         scale = self.layout.expand(self.param, w.ndim)
-        codes = torch.floor(torch.div(w, scale)) + up
-        return codes.clamp(qmin_signed(self.bits), qmax_signed(self.bits)) * scale
+        return SoftParts(torch.floor(torch.div(w, scale)), None, scale, qmin_signed(self.bits), qmax_signed(self.bits))
+
+    def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return soft_apply(self.soft_parts(w), up)
 
     def harden(self, w: torch.Tensor, up: torch.Tensor) -> None:
         v = torch.div(w.detach(), self.layout.expand(self.param, w.ndim))
         self.rounding = torch.floor(v) + up.detach().to(v) - torch.round(v)
 
     def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
-        scale = self.layout.expand(param, x.ndim)
-        v = x / scale
-        codes = v + (torch.round(v) - v).detach()
-        return codes.clamp(qmin_signed(self.bits), qmax_signed(self.bits)) * scale
+        return ste_fake(x, self.layout.expand(param, x.ndim), None, qmin_signed(self.bits), qmax_signed(self.bits))

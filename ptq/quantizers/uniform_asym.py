@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ptq.quantizers.base import KeepsRounding, Layout, Quantizer, grid_candidates, register_quantizer, safe_scale
+from ptq.quantizers.kernels import SoftParts, soft_apply, ste_fake
 from ptq.quantizers.percentile import NO_SCORE, PERCENTILES, KeepsValues, quantile
 
 
@@ -62,10 +63,12 @@ class AsymmetricRounding(KeepsRounding):
         low = torch.floor(v)
         return v - low, torch.round(v) - low
 
-    def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    def soft_parts(self, w: torch.Tensor) -> SoftParts:
         s, z = self._split(self.param, w.ndim)
-        codes = torch.floor(torch.div(w, s)) + up + z
-        return (codes.clamp(0, 2 ** self.bits - 1) - z) * s
+        return SoftParts(torch.floor(torch.div(w, s)), z, s, 0, 2 ** self.bits - 1)
+
+    def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return soft_apply(self.soft_parts(w), up)
 
     def harden(self, w: torch.Tensor, up: torch.Tensor) -> None:
         s, _ = self._split(self.param, w.ndim)
@@ -74,10 +77,7 @@ class AsymmetricRounding(KeepsRounding):
 
     def fake_ste(self, x: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
         s, z = self._split(param, x.ndim)
-        z = z.detach()
-        v = x / s
-        codes = v + (torch.round(v) - v).detach()
-        return ((codes + z).clamp(0, 2 ** self.bits - 1) - z) * s
+        return ste_fake(x, s, z.detach(), 0, 2 ** self.bits - 1)
 
 
 @register_quantizer("uniform_asym")

@@ -15,24 +15,42 @@ from torch import nn
 
 from ptq.quant.modules import QuantOp
 from ptq.quantizers import Quantizer
+from ptq.quantizers.kernels import SoftParts, soft_round
 from ptq.recon.adaround import hard_rounding, init_alpha, rectified_sigmoid, rounding_regularizer
 
 
 class LearnedRounding(nn.Module):
+    """The weight soft-rounded by h(alpha) (ptq.quantizers.kernels.soft_round: floor(w / s) computed once). Set
+    `b` before a forward that the regularizer of exponent b joins: the forward then computes it from the same
+    sigmoid and `regularizer(b)` returns it (the same values and gradients as computing it separately)."""
+
     def __init__(self, q: Quantizer, weight: torch.Tensor):
         super().__init__()
         self.q = q
         frac, up = q.floor_frac(weight.detach())
         self.alpha = nn.Parameter(init_alpha(frac, up))
+        try:
+            self.parts: SoftParts | None = q.soft_parts(weight.detach())
+        except NotImplementedError:      # a quantizer with soft_fake only: the plain expression every step
+            self.parts = None
+        self.b: float | None = None
+        self._reg: torch.Tensor | None = None
 
     def h(self) -> torch.Tensor:
         return rectified_sigmoid(self.alpha)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return self.q.soft_fake(w, self.h())
+        if self.parts is None:
+            return self.q.soft_fake(w, self.h())
+        out, reg = soft_round(self.alpha, self.parts, self.b)
+        self._reg = reg if self.b is not None else None
+        return out
 
     def regularizer(self, b: float) -> torch.Tensor:
-        return rounding_regularizer(self.h(), b)
+        reg, self._reg = self._reg, None
+        if reg is None or b != self.b:     # no forward with this exponent since the last call
+            return rounding_regularizer(self.h(), b)
+        return reg
 
     def finish(self, weight: torch.Tensor) -> None:
         self.q.harden(weight, hard_rounding(self.alpha.detach()))
@@ -89,6 +107,11 @@ class Installed:
     def train(self, mode: bool) -> None:
         for *_, m in self.swaps:
             m.train(mode)
+
+    def set_exponent(self, b: float | None) -> None:
+        """The regularizer exponent of the next forward (None: no regularizer, e.g. during warm-up)."""
+        for m in self.rounding():
+            m.b = b
 
     def finish(self, harden: bool = True) -> None:
         """Harden the learned rounding, keep the learned steps, and put the original quantizers back."""

@@ -141,10 +141,11 @@ def reconstruct_unit(name: str, unit: nn.Module, rc: ReconConfig, fp_in: list[to
     try:
         for t in bar:
             idx = torch.randperm(n, generator=generator)[:rc.batch_size].to(target.device)
+            b = annealed_b(t, rc.iters, rc.warmup, rc.b_start, rc.b_end)
+            inst.set_exponent(b)    # the rounding regularizer is computed in the forward, from the same sigmoid
             with torch.enable_grad():
                 out = unit(*_train_inputs(rc, fp_in, q_in, idx))
                 rec = output_loss(out, target[idx], weight[idx] if weight is not None else None, kl, rc.rec_scale)
-                b = annealed_b(t, rc.iters, rc.warmup, rc.b_start, rc.b_end)
                 loss = rec
                 if b is not None and rounding:
                     loss = rec + rc.reg_lambda * sum(m.regularizer(b) for m in rounding)

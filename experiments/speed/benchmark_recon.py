@@ -1,0 +1,286 @@
+"""Reconstruction speed, the code before issue 23 against the current one, side by side on the same CPU (issue 23).
+
+    PYTHONPATH=$PWD python experiments/speed/benchmark_recon.py [--old-rev 546eb90] [--rounds 2] [--iters 60]
+        [--stage] [--methods ptq4vit] [--threads 2]
+
+The old code is `git archive <old-rev> ptq conf` in a temporary folder.
+- `unit` (default): one process holds both codes (each `ptq` module set swapped into sys.modules around its calls)
+  and two copies of fmnist_vit W4A4 calibrated with the method, one by each code; then `reconstruct_unit` on
+  blocks.1 with the BRECQ defaults (batch 32, quantized inputs, regularizer after 20 % warm-up) runs --chunk steps
+  at a time, old and new alternating, --rounds times each: milliseconds per iteration (the whole loop; eval_images
+  32), so that the load of the shared machine falls on both alike; then a hash of each copy's hardened rounding
+  and learned steps after --iters steps from the same start;
+- `--stage`: worker processes, old and new interleaved: the whole `reconstruct` stage at the defaults (6 units x
+  300 steps, 1024 images) after the method's calibration, its seconds, top-1 / agreement / KL to float on the first
+  --max-test test images, and a hash of every quantizer's saved parameters; plus the calibration seconds (its
+  searches: the same code in both).
+Equal hashes = bit-identical results. Writes experiments/speed/benchmark_recon.{json,md} (rows accumulate).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent
+ROOT = OUT.parents[1]
+
+
+def params_hash(model) -> str:
+    from ptq.quant.params import quant_state
+
+    tensors, _ = quant_state(model)
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        h.update(k.encode())
+        h.update(tensors[k].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def worker(mode: str, method: str, iters: int, max_test: int) -> dict:
+    import torch
+
+    from ptq.cli import compose_config
+    from ptq.data import build_data
+    from ptq.evaluate import agreement, evaluate_logits, kl_to_reference, top1
+    from ptq.models import build_model
+    from ptq.quant import quantize_model, resolve_ptq_config
+    from ptq.quant.wrap import set_quant_enabled
+    from ptq.recon.stage import capture_unit, reconstruct_unit
+    from ptq.recon.units import find_units
+
+    cfg = compose_config(["model=fmnist_vit", f"quantizer={method}", "bits=w4a4", "logger=none",
+                          f"data.max_test={max_test}", "recon=brecq"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    data = build_data(cfg, model)
+    pcfg = resolve_ptq_config(cfg)
+    if mode == "stage":
+        fp_logits, labels = evaluate_logits(model, data.test_batches(256), "cpu", False)
+        t0 = time.perf_counter()
+        report = quantize_model(model, pcfg, data.calib_images, data.calib_labels, progress=False,
+                                recon_data=(data.recon_images, data.recon_labels))
+        total = time.perf_counter() - t0
+        rec = report.reconstruction
+        logits, _ = evaluate_logits(model, data.test_batches(256), "cpu", False)
+        blocks = [u for u in rec["units"] if u["unit"].startswith("blocks.")]
+        return {"calib_s": round(total - rec["seconds"], 2), "recon_s": rec["seconds"],
+                "s_per_block": round(sum(u["seconds"] for u in blocks) / len(blocks), 2),
+                "top1": round(top1(logits, labels), 2), "agreement": round(agreement(logits, fp_logits), 2),
+                "kl_fp32": round(kl_to_reference(logits, fp_logits), 5), "hash": params_hash(model)}
+    quantize_model(model, dataclasses.replace(pcfg, recon=dataclasses.replace(pcfg.recon, name="none")),
+                   data.calib_images, data.calib_labels, progress=False)
+    x = data.recon_images
+    set_quant_enabled(model, False)
+    unit = dict(find_units(model, "block", x[:1]))["blocks.1"]
+    fp_in, target, _ = capture_unit(model, unit, x, 64)
+    set_quant_enabled(model, True)
+    q_in, _, _ = capture_unit(model, unit, x, 64)
+    rc = dataclasses.replace(pcfg.recon, iters=iters, eval_images=32)
+    g = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    row = reconstruct_unit("blocks.1", unit, rc, fp_in, q_in, target, None, False, g, False)
+    dt = time.perf_counter() - t0
+    return {"ms_per_iter": round(1e3 * dt / iters, 2), "mse_after": row["mse_after"], "hash": params_hash(model)}
+
+
+def _ptq_modules() -> dict:
+    return {k: v for k, v in sys.modules.items() if k == "ptq" or k.startswith("ptq.")}
+
+
+def _load_code(path: str) -> dict:
+    """Import the `ptq` of `path` (and what a unit benchmark calls) into a fresh module set; returns that set."""
+    for k in _ptq_modules():
+        del sys.modules[k]
+    sys.path.insert(0, path)
+    try:
+        import ptq.cli  # noqa: F401
+        import ptq.data  # noqa: F401
+        import ptq.models  # noqa: F401
+        import ptq.quant  # noqa: F401
+        import ptq.quant.params  # noqa: F401
+        import ptq.quant.wrap  # noqa: F401
+        import ptq.recon.stage  # noqa: F401
+        import ptq.recon.units  # noqa: F401
+    finally:
+        sys.path.remove(path)
+    mods = _ptq_modules()
+    for k in mods:
+        del sys.modules[k]
+    return mods
+
+
+class Code:
+    """One version of the code: its module set, swapped into sys.modules while it runs (lazy imports resolve)."""
+
+    def __init__(self, name: str, path: str):
+        self.name, self.mods = name, _load_code(path)
+
+    def __enter__(self):
+        for k in _ptq_modules():
+            del sys.modules[k]
+        sys.modules.update(self.mods)
+        return self.mods
+
+    def __exit__(self, *exc):
+        for k in self.mods:
+            sys.modules.pop(k, None)
+
+
+def unit_side_by_side(codes: list[Code], method: str, iters: int, chunk: int, rounds: int) -> list[dict]:
+    import copy
+
+    import torch
+
+    setups = {}
+    for code in codes:
+        with code as m:
+            cfg = m["ptq.cli"].compose_config(["model=fmnist_vit", f"quantizer={method}", "bits=w4a4",
+                                               "logger=none", "data.max_test=16", "recon=brecq"])
+            torch.manual_seed(0)
+            model = m["ptq.models"].build_model(cfg.model)
+            data = m["ptq.data"].build_data(cfg, model)
+            pcfg = m["ptq.quant"].resolve_ptq_config(cfg)
+            m["ptq.quant"].quantize_model(model, dataclasses.replace(pcfg, recon=dataclasses.replace(
+                pcfg.recon, name="none")), data.calib_images, data.calib_labels, progress=False)
+            x = data.recon_images
+            m["ptq.quant.wrap"].set_quant_enabled(model, False)
+            unit = dict(m["ptq.recon.units"].find_units(model, "block", x[:1]))["blocks.1"]
+            fp_in, target, _ = m["ptq.recon.stage"].capture_unit(model, unit, x, 64)
+            m["ptq.quant.wrap"].set_quant_enabled(model, True)
+            q_in, _, _ = m["ptq.recon.stage"].capture_unit(model, unit, x, 64)
+            setups[code.name] = (model, unit, pcfg.recon, fp_in, q_in, target)
+    times = {c.name: [] for c in codes}
+    for r in range(rounds + 1):                       # round 0: warm-up, not counted
+        for code in codes:
+            model, unit, rc, fp_in, q_in, target = setups[code.name]
+            scratch = copy.deepcopy(unit)
+            with code as m:
+                rcc = dataclasses.replace(rc, iters=chunk, eval_images=32)
+                t0 = time.perf_counter()
+                m["ptq.recon.stage"].reconstruct_unit("blocks.1", scratch, rcc, fp_in, q_in, target, None, False,
+                                                      torch.Generator().manual_seed(r), False)
+                if r:
+                    times[code.name].append(1e3 * (time.perf_counter() - t0) / chunk)
+    rows = []
+    for code in codes:
+        model, unit, rc, fp_in, q_in, target = setups[code.name]
+        with code as m:
+            res = m["ptq.recon.stage"].reconstruct_unit("blocks.1", unit, dataclasses.replace(rc, iters=iters),
+                                                        fp_in, q_in, target, None, False,
+                                                        torch.Generator().manual_seed(0), False)
+            h = params_hash(model)
+        t = sorted(times[code.name])
+        rows.append({"mode": "unit", "method": method, "code": code.name, "iters": iters, "chunk": chunk,
+                     "rounds": rounds, "ms_per_iter": round(t[len(t) // 2], 2), "ms_min": round(t[0], 2),
+                     "mse_after": res["mse_after"], "hash": h})
+    rows[-1]["speedup"] = round(rows[0]["ms_per_iter"] / rows[-1]["ms_per_iter"], 2)
+    return rows
+
+
+def run_worker(path: str, mode: str, method: str, iters: int, threads: int, max_test: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(threads)}
+    load0 = os.getloadavg()[0]
+    cmd = [sys.executable, __file__, "--worker", mode, "--methods", method, "--iters", str(iters),
+           "--threads", str(threads), "--max-test", str(max_test)]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    res = json.loads(out.strip().splitlines()[-1])
+    return {**res, "load": f"{load0:.1f}/{os.getloadavg()[0]:.1f}"}
+
+
+def table(rows: list[dict], cols: list[str]) -> str:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return "\n".join(lines + ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows])
+
+
+def write(rows: list[dict], argv: str) -> str:
+    path = OUT / "benchmark_recon.json"
+    old = json.loads(path.read_text()) if path.is_file() else []
+    key = ("mode", "method", "threads")
+    keep = [r for r in old if tuple(r.get(k) for k in key) not in {tuple(x.get(k) for k in key) for x in rows}]
+    allrows = keep + rows
+    path.write_text(json.dumps(allrows, indent=1) + "\n")
+    unit = [r for r in allrows if r["mode"] == "unit"]
+    stage = [r for r in allrows if r["mode"] == "stage"]
+    md = ["# Reconstruction speed: before issue 23 (546eb90) and now, side by side", "",
+          f"`PYTHONPATH=$PWD python experiments/speed/benchmark_recon.py {argv}` (rows accumulate over runs)", "",
+          "fmnist_vit W4A4 (threads: the column); `--stage`: old and new worker processes interleaved "
+          "(round = one old and one new "
+          "run, back to back). `hash`: the hardened rounding, learned steps and every other saved quantizer "
+          "parameter; equal = bit-identical. `load`: 1-minute load average before / after the worker (other jobs "
+          "share the 2 cores).", ""]
+    if unit:
+        md += ["## One block (blocks.1), the reconstruction loop, BRECQ defaults", "",
+               "One process, old and new alternating every `chunk` steps, `rounds` turns each: `ms_per_iter` the "
+               "median turn, `ms_min` the fastest; `hash` after `iters` steps of each from the same start.", "",
+               table(unit, ["method", "code", "threads", "chunk", "rounds", "ms_per_iter", "ms_min", "speedup",
+                            "iters", "mse_after", "hash", "load"]), ""]
+    if stage:
+        md += ["## The whole reconstruct stage (6 units x 300 steps) after calibration", "",
+               table(stage, ["method", "round", "code", "calib_s", "recon_s", "s_per_block", "speedup", "top1",
+                             "agreement", "kl_fp32", "hash", "load"]), ""]
+    text = "\n".join(md)
+    path.with_suffix(".md").write_text(text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--old-rev", default="546eb90")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=60, help="unit: steps of the hash run")
+    ap.add_argument("--chunk", type=int, default=10, help="unit: steps per timed old / new turn")
+    ap.add_argument("--stage", action="store_true", help="the whole reconstruct stage instead of one block")
+    ap.add_argument("--methods", nargs="+", default=["ptq4vit"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-test", type=int, default=2000)
+    ap.add_argument("--worker", choices=["unit", "stage"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        print(json.dumps(worker(args.worker, args.methods[0], args.iters, args.max_test)))
+        return
+    mode = "stage" if args.stage else "unit"
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = subprocess.run(["git", "archive", args.old_rev, "ptq", "conf"], cwd=ROOT, capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        if mode == "unit":
+            import torch
+
+            torch.set_num_threads(args.threads)
+            load0 = os.getloadavg()[0]
+            codes = [Code(args.old_rev, tmp), Code("current", str(ROOT))]
+            for method in args.methods:
+                for row in unit_side_by_side(codes, method, args.iters, args.chunk, args.rounds):
+                    rows.append({**row, "threads": args.threads, "load": f"{load0:.1f}/{os.getloadavg()[0]:.1f}"})
+                    print(json.dumps(rows[-1]), flush=True)
+            print(write(rows, " ".join(sys.argv[1:])))
+            return
+        for method in args.methods:
+            for r in range(1, args.rounds + 1):
+                pair = {}
+                for code, path in ((args.old_rev, tmp), ("current", str(ROOT))):
+                    res = run_worker(path, mode, method, args.iters, args.threads, args.max_test)
+                    pair[code] = res
+                    rows.append({"mode": mode, "method": method, "round": r, "code": code, "threads": args.threads,
+                                 "iters": args.iters if mode == "unit" else 300, **res})
+                    print(json.dumps(rows[-1]), flush=True)
+                key = "ms_per_iter" if mode == "unit" else "s_per_block"
+                rows[-1]["speedup"] = round(pair[args.old_rev][key] / pair["current"][key], 2)
+                write(rows, " ".join(sys.argv[1:]))
+    print(write(rows, " ".join(sys.argv[1:])))
+
+
+if __name__ == "__main__":
+    main()
