@@ -7,8 +7,16 @@ not a results record (not JSON, null, a list, a newer schema_version) are skippe
 What goes where comes from the data: the settings of a run are its flattened resolved config, reduced to the part
 that can change its numbers (`ptq.sweep.effective_config`, which asks the metric registry which metrics read a
 gradient source). Runs that differ only in seeds (`REPLICATE_KEYS`) are repeats: a cell shows mean ± std (sample
-std, ddof=1) over them. Any other setting that varies among the runs of one method on one model becomes part of
-the column label (`PTQ4ViT W6A6 n=128`), never an average.
+std, ddof=1) over them; a cell of one run shows its number with a dagger (no spread, never ± 0.00). Under each
+table: n (runs per cell) and N (test images per run); cells.csv: every measure's mean / std (std empty for n = 1)
+and top-1's 95 % interval (ptq/intervals.py: t over runs, Wilson on N images for n = 1). Any other setting that
+varies among the runs of one method on one model becomes part of the column label as a paper writes it
+(`PTQ4ViT W6A6 128 calib img`, `RepQ-ViT W4A4 + BRECQ (300 it, 1024 img)`), never an average.
+
+Tables (TABLES): one per measure (MEASURES: top-1, drop, agreement, KL) in the chosen layout, and the settings
+table (SETTINGS_COLUMNS: what each column was run with). Adding a column is one line: a measure table in MEASURES,
+a settings column in SETTINGS_COLUMNS (a function of a records row), a runs.csv column in `record`, the wording
+of a new setting in column labels in SETTING_FORMATS (or GROUP_LABELS for a whole config group).
 
 Layouts (`--layout`, default auto):
 - main: rows = models, columns = FP32 then method × bits (× the settings that vary); the paper's table 1.
