@@ -95,7 +95,9 @@ for name, df in records.items():
 
 # %%
 def bars(table, row_label, title, filename):
-    """Grouped bars: one group per row of the table, one bar per (model, bits) column, std as error bars."""
+    """Grouped bars from 0 (an untruncated axis): one group per row of the table, one bar per (model, bits)
+    column; error bars = the cell's 95 % interval (cells.csv ci95: Student's t over the n runs, or Wilson's
+    binomial interval on the N test images for a single run); n and N in the title."""
     cells = table.cells
     columns = [c for c in table.display.columns if c in set(cells["column"])]
     labels = list(dict.fromkeys(cells["row"]))
@@ -104,17 +106,20 @@ def bars(table, row_label, title, filename):
     for i, col in enumerate(columns):
         c = cells[cells["column"] == col].set_index("row").reindex(labels)
         xs = [j + (i - (len(columns) - 1) / 2) * width for j in range(len(labels))]
-        ax.bar(xs, c["mean"], width, yerr=c["std"].where(c["n"] > 1), capsize=2, label=col)
+        yerr = [(c["mean"] - c["ci95_low"]).fillna(0), (c["ci95_high"] - c["mean"]).fillna(0)]
+        ax.bar(xs, c["mean"], width, yerr=yerr, capsize=2, label=col)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_xlabel(row_label)
     ax.set_ylabel("top-1 (%)")
-    finite = cells["mean"].dropna()
-    if len(finite):
-        ax.set_ylim(max(0.0, finite.min() - 5), min(100.0, finite.max() + 2))
+    ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside the bars
+    ns = sorted({int(n) for n in cells["n"] if n > 0})
+    sizes = sorted({int(v) for v in cells["num_test"].dropna()})
+    ax.set_title(f"{title}: n = {'/'.join(map(str, ns))} runs per bar"
+                 + (f", N = {'/'.join(f'{v:,}' for v in sizes)} test images" if sizes else "")
+                 + "; error bars: 95 % interval", fontsize=9)
     saved.append(plot_style.save_figure(fig, out_dir / filename))
 
 

@@ -7,8 +7,16 @@ not a results record (not JSON, null, a list, a newer schema_version) are skippe
 What goes where comes from the data: the settings of a run are its flattened resolved config, reduced to the part
 that can change its numbers (`ptq.sweep.effective_config`, which asks the metric registry which metrics read a
 gradient source). Runs that differ only in seeds (`REPLICATE_KEYS`) are repeats: a cell shows mean ± std (sample
-std, ddof=1) over them. Any other setting that varies among the runs of one method on one model becomes part of
-the column label (`PTQ4ViT W6A6 n=128`), never an average.
+std, ddof=1) over them; a cell of one run shows its number with a dagger (no spread, never ± 0.00). Under each
+table: n (runs per cell) and N (test images per run); cells.csv: every measure's mean / std (std empty for n = 1)
+and top-1's 95 % interval (ptq/intervals.py: t over runs, Wilson on N images for n = 1). Any other setting that
+varies among the runs of one method on one model becomes part of the column label as a paper writes it
+(`PTQ4ViT W6A6 128 calib img`, `RepQ-ViT W4A4 + BRECQ (300 it, 1024 img)`), never an average.
+
+Tables (TABLES): one per measure (MEASURES: top-1, drop, agreement, KL) in the chosen layout, and the settings
+table (SETTINGS_COLUMNS: what each column was run with). Adding a column is one line: a measure table in MEASURES,
+a settings column in SETTINGS_COLUMNS (a function of a records row), a runs.csv column in `record`, the wording
+of a new setting in column labels in SETTING_FORMATS (or GROUP_LABELS for a whole config group).
 
 Layouts (`--layout`, default auto):
 - main: rows = models, columns = FP32 then method × bits (× the settings that vary); the paper's table 1.
@@ -26,6 +34,7 @@ import functools
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -49,9 +58,15 @@ AXIS_KEYS = ("model.name", "quantizer.name", "quantizer.enabled", "bits.w", "bit
 REPLICATE_KEYS = ("seed", "calib.seed")
 # Settings that cannot change a run's numbers (bookkeeping); a trailing dot covers a whole group.
 BOOKKEEPING_KEYS = ("force", "progress", "threads", "device", "eval.batch_size", "logger.")
-# Short forms of settings in column labels ("{}" alone: the bare value); any other is shown as `leaf=value`.
-SETTING_FORMATS = {"calib.n_images": "n={}", "metric.grad": "g={}", "metric.name": "{}", "quantizer.compat": "{}",
-                   "calib.mode": "{}"}
+OFF = "off"  # bits.first_last of a run that leaves it null (or predates it): the slots' own bits
+# How a setting reads in a column label ("{}" alone: the bare value; a function of the value: its text); any other
+# is shown as `leaf value`. A new setting's wording is one line here.
+SETTING_FORMATS = {"calib.n_images": "{} calib img", "metric.grad": "{} grad", "metric.name": "{}",
+                   "quantizer.compat": "{}", "calib.mode": "{}", "calib.transform": "{} transform",
+                   "data.max_test": "{} test img",
+                   "bits.first_last": lambda v: "" if v == OFF else f"{v}-bit first/last"}
+# Reconstruction presets (conf/recon/) as papers name them; any other by its name.
+RECON_LABELS = {"brecq": "BRECQ", "qdrop": "QDrop", "adalog": "AdaLog recon"}
 # Config groups whose settings come first in a column label (the method, then calibration, then the metric).
 LABEL_GROUP_ORDER = ("quantizer", "calib", "metric")
 MARK = "✓"
@@ -86,7 +101,10 @@ def run_settings(data: dict) -> dict:
                 resolved = data.get(key)
                 if value is None and resolved is not None and not isinstance(resolved, (dict, list)):
                     node[key] = resolved
-    return _flatten(effective_config(config))
+    flat = _flatten(effective_config(config))
+    if (config.get("quantizer") or {}).get("enabled", True) and flat.get("bits.first_last") is None:
+        flat["bits.first_last"] = OFF  # null is a setting (off), not a missing value: it splits from 8
+    return flat
 
 
 def schema_version(data) -> int | None:
@@ -135,12 +153,43 @@ def record(path: Path, data: dict, root: Path | None = None) -> dict:
         "agreement": data.get("agreement"), "kl_fp32": data.get("kl_fp32"),
         "calib_seconds": data.get("calib_seconds"), "num_test": data.get("num_test"),
         "duplicate_of": data.get("duplicate_of"), "error": data.get("error"),
+        "recon": (settings.get("recon.name") or "none") if enabled else None,
         "HG": hg, "schema_version": schema_version(data), "config": _flatten(cfg), "settings": settings,
+        "slots": resolved_slots(data) if enabled else {},
     }
 
 
 # Columns of the records table that are the report's own working data, not written to runs.csv.
-INTERNAL_COLUMNS = ("HG", "schema_version", "config", "settings")
+INTERNAL_COLUMNS = ("HG", "schema_version", "config", "settings", "slots")
+
+
+def resolved_slots(data: dict) -> dict:
+    """slot -> its resolved spec (ptq/quant/slots.py SlotSpec as a dict): results.json's ptq_config.slots, else
+    resolved from the recorded config (older or rebuilt files), {} where neither is possible."""
+    recorded = (data.get("ptq_config") or {}).get("slots")
+    if recorded:
+        return recorded
+    cfg = data.get("config") or {}
+    q, b = cfg.get("quantizer") or {}, cfg.get("bits") or {}
+    if not q.get("slots") or "w" not in b or "a" not in b:
+        return {}
+    return _resolve_slots(json.dumps([q["slots"], q.get("compat", "paper"), b["w"], b["a"], b.get("first_last")]))
+
+
+@functools.cache
+def _resolve_slots(key: str) -> dict:
+    import dataclasses
+
+    from omegaconf import OmegaConf
+
+    from ptq.quant.config import resolve_slots
+
+    slots, compat, w, a, first_last = json.loads(key)
+    try:
+        specs = resolve_slots(OmegaConf.create(slots), compat, w, a, first_last)
+    except Exception:  # noqa: BLE001 - a config this code cannot resolve only loses its settings table row
+        return {}
+    return {name: dataclasses.asdict(spec) for name, spec in specs.items()}
 
 
 def find_results(paths) -> list[tuple[Path, Path]]:
@@ -240,22 +289,44 @@ def _label_key_order(keys: list[str]):
 
 
 def setting_text(key: str, value) -> str:
-    """One setting in a column label: `n=128`, `g=kl_self`, `official`, else `leaf=value`."""
+    """One setting in a column label: `128 calib img`, `kl_self grad`, `official`, else `leaf value`."""
     if _is_missing(value):
         return ""  # e.g. the gradient source of a metric that reads none
-    fmt = SETTING_FORMATS.get(key, key.rsplit(".", 1)[-1] + "={}")
-    return fmt.format(value)
+    fmt = SETTING_FORMATS.get(key, key.rsplit(".", 1)[-1] + " {}")
+    return fmt(value) if callable(fmt) else fmt.format(value)
+
+
+def recon_label(settings: dict) -> str:
+    """The reconstruction of a run as a paper writes it: `+ BRECQ (300 it, 1024 img)`, plus every recon setting
+    that differs from its preset (conf/recon/<name>.yaml) as `leaf value`; "" for none."""
+    name = settings.get("recon.name", "none")
+    if _is_missing(name) or name == "none":
+        return ""
+    preset = preset_defaults("recon", str(name))
+    parts = [f"{settings.get('recon.iters', '?')} it", f"{settings.get('recon.n_images', '?')} img"]
+    for key in sorted(k for k in settings if k.startswith("recon.")):
+        if key not in ("recon.name", "recon.iters", "recon.n_images") and key in preset \
+                and _value_id(settings[key]) != _value_id(preset[key]):
+            parts.append(setting_text(key, settings[key]))
+    return f"+ {RECON_LABELS.get(str(name), str(name))} ({', '.join(parts)})"
+
+
+# Config groups labelled as one phrase from all of the run's settings of the group (not setting by setting).
+GROUP_LABELS = {"recon": recon_label}
 
 
 @functools.cache
-def preset_defaults(quantizer: str) -> dict:
-    """The flattened default config of a quantizer preset (conf/), or {} when it does not compose."""
+def preset_defaults(group: str, name: str | None = None) -> dict:
+    """The flattened default config with preset `name` of config group `group` (one argument: a quantizer
+    preset), or {} when it does not compose."""
+    if name is None:
+        group, name = "quantizer", group
     try:
         from omegaconf import OmegaConf
 
         from ptq.cli import compose_config
 
-        cfg = compose_config([f"quantizer={quantizer}", "logger=none"])
+        cfg = compose_config([f"{group}={name}", "logger=none"])
         return _flatten(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False))
     except Exception:  # noqa: BLE001 - an unknown or broken preset only loses the default-first order
         return {}
@@ -265,7 +336,8 @@ def setting_value_order(quantizer: str, key: str, value) -> tuple:
     """Values of one setting: the preset's default first, then numbers numerically, then text."""
     if _is_missing(value):
         return (0, 0, "")
-    default = preset_defaults(str(quantizer)).get(key)
+    default = preset_defaults(str(quantizer)).get(key, OFF if key == "bits.first_last" else None)
+    default = OFF if key == "bits.first_last" and default is None else default
     if default is not None and _value_id(default) == _value_id(value):
         return (0, 0, "")
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -280,7 +352,15 @@ def add_setting_labels(runs: pd.DataFrame, varying: dict[str, list[str]]) -> pd.
     for _, r in runs.iterrows():
         keys = varying.get(r["method"], [])
         values = [r["settings"].get(k) for k in keys]
-        labels.append(" ".join(filter(None, (setting_text(k, v) for k, v in zip(keys, values)))))
+        texts, groups = [], set()
+        for k, v in zip(keys, values):
+            group = k.split(".", 1)[0]
+            if group in GROUP_LABELS:  # the group's phrase once, where its first varying setting is
+                texts.append("" if group in groups else GROUP_LABELS[group](r["settings"]))
+                groups.add(group)
+            else:
+                texts.append(setting_text(k, v))
+        labels.append(" ".join(filter(None, texts)))
         orders.append(tuple(setting_value_order(r["quantizer"], k, v) for k, v in zip(keys, values)))
     runs["setting"], runs["setting_order"] = labels, orders
     return runs
@@ -290,22 +370,84 @@ def add_setting_labels(runs: pd.DataFrame, varying: dict[str, list[str]]) -> pd.
 # Cells
 
 
+@dataclass(frozen=True)
+class Measure:
+    """A number the report tabulates per cell: the records column it averages, the `<prefix>mean` /
+    `<prefix>std` columns of cells.csv, and how its tables read. A new measure table is one line in MEASURES."""
+
+    column: str                      # column of the records table (results.json field)
+    prefix: str                      # cells.csv columns <prefix>mean, <prefix>std
+    title: str                       # table title
+    digits: int = 2
+    fp32_column: bool = False        # the main layout shows the FP32 column first
+    reference: bool = False          # published numbers in brackets (ptq/reference_results.py)
+
+
+# report key -> measure; each is a table of its own (table.md holds them all, `<key>.md/csv/tex` each one).
+MEASURES = {
+    "table": Measure("top1", "", "Top-1 (%)", 2, fp32_column=True, reference=True),
+    "drop": Measure("drop", "drop_", "Top-1 drop against FP32 (points)", 2, reference=True),
+    "agreement": Measure("agreement", "agreement_", "Agreement with FP32's predictions (%)", 2),
+    "kl": Measure("kl_fp32", "kl_", "KL(FP32 ‖ quantized) per test image (nats)", 4),
+}
+DAGGER = "†"  # a cell of one run (n = 1): no spread to show
+
+
 def _stats(values) -> tuple[float, float, int]:
+    """(mean, sample std (ddof=1), n) of the values present; std is NaN for one value (no spread measured)."""
     v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
     if not v:
         return float("nan"), float("nan"), 0
     s = pd.Series(v)
-    return float(s.mean()), float(s.std(ddof=1)) if len(v) > 1 else 0.0, len(v)
+    return float(s.mean()), float(s.std(ddof=1)) if len(v) > 1 else float("nan"), len(v)
 
 
-def fmt_cell(mean: float, std: float, n: int, ref: float | None = None, digits: int = 2) -> str:
+def fmt_cell(mean: float, std: float, n: int, ref: float | None = None, digits: int = 2, mark: bool = True,
+             usual_n: int | None = None) -> str:
+    """`mean ± std` over n > 1 runs; one run (n = 1) shows its number with a dagger (`mark`), never `± 0.00`; a
+    cell whose n is not the table's usual n says its n; `[ref]` = the published number."""
     if n == 0 or mean != mean:
         text = ""
+    elif n > 1:
+        text = f"{mean:.{digits}f} ± {std:.{digits}f}" + (f" (n = {n})" if usual_n and n != usual_n else "")
     else:
-        text = f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+        text = f"{mean:.{digits}f}" + (DAGGER if mark else "")
     if ref is not None and ref == ref:
         text = f"{text} [{ref:.{digits}f}]".strip()
     return text
+
+
+def cell_interval(mean: float, std: float, n: int, num_test) -> tuple[float, float, str]:
+    """The 95 % interval of a top-1 cell (ptq/intervals.py): Student's t over the runs when n > 1, Wilson's
+    binomial interval on the cell's `num_test` test images when n = 1; (low, high, which)."""
+    from ptq.intervals import t_interval, wilson_interval
+
+    if n > 1:
+        return (*t_interval(mean, std, n), "t")
+    if n == 1 and not _is_missing(num_test):
+        return (*wilson_interval(mean, int(num_test)), "wilson")
+    return float("nan"), float("nan"), ""
+
+
+def _test_images(group: pd.DataFrame):
+    """The runs' number of test images: one value, else NaN (mixed or not recorded)."""
+    values = group["num_test"].dropna().unique()
+    return int(values[0]) if len(values) == 1 else float("nan")
+
+
+def cell_numbers(group: pd.DataFrame, top1=None) -> dict:
+    """Every number of one cell of cells.csv from its runs: each measure's mean / std, n, N test images and the
+    top-1's 95 % interval. `top1`: the values to use for top-1 (default the runs' top1)."""
+    entry = {}
+    for m in MEASURES.values():
+        values = group[m.column] if top1 is None or m.column != "top1" else top1
+        entry[f"{m.prefix}mean"], entry[f"{m.prefix}std"], n = _stats(values)
+        if m.column == "top1":
+            entry["n"] = n
+    entry["num_test"] = _test_images(group)
+    entry["ci95_low"], entry["ci95_high"], entry["ci95"] = cell_interval(entry["mean"], entry["std"], entry["n"],
+                                                                         entry["num_test"])
+    return entry
 
 
 def mixed_settings(group: pd.DataFrame) -> list[str]:
@@ -318,12 +460,19 @@ def mixed_settings(group: pd.DataFrame) -> list[str]:
             and len({_value_id(s.get(k)) for s in group["settings"]}) > 1]
 
 
-def _fp32_of(ok: pd.DataFrame, model: str) -> tuple[float, float, int]:
-    """FP32 top-1 of a model: its fp32 runs, else the distinct top1_fp32 values the runs record (the same float
-    evaluation repeated by every job counts once)."""
+def _fp32_runs(ok: pd.DataFrame, model: str) -> tuple[pd.DataFrame, pd.Series]:
+    """(runs, top-1 values) of a model's FP32 column: its fp32 runs, else the distinct top1_fp32 values the runs
+    record (the same float evaluation repeated by every job counts once)."""
     rows = ok[ok["model"] == model]
-    fp = rows[~rows["enabled"]]
-    return _stats(fp["top1"]) if len(fp) else _stats(rows["top1_fp32"].dropna().unique())
+    fp = rows[~rows["enabled"].astype(bool)]
+    if len(fp):
+        return fp, fp["top1"]
+    return rows, pd.Series(rows["top1_fp32"].dropna().unique(), dtype=float)
+
+
+def _fp32_of(ok: pd.DataFrame, model: str) -> tuple[float, float, int]:
+    """FP32 top-1 of a model: (mean, std, n) (see `_fp32_runs`)."""
+    return _stats(_fp32_runs(ok, model)[1])
 
 
 def model_order(models) -> list[str]:
@@ -361,31 +510,76 @@ def _method_key(method: str) -> tuple:
 
 
 class Table:
-    """A display table (strings) plus the numbers behind every cell (`cells`, one row per cell)."""
+    """A display table (strings) plus the numbers behind every cell (`cells`, one row per cell); `caption` says
+    what a cell is (n runs, N test images), in the markdown under the table and in the LaTeX caption."""
 
-    def __init__(self, title: str, display: pd.DataFrame, cells: pd.DataFrame, notes: list[str]):
-        self.title, self.display, self.cells, self.notes = title, display, cells, notes
+    def __init__(self, title: str, display: pd.DataFrame, cells: pd.DataFrame, notes: list[str], caption: str = ""):
+        self.title, self.display, self.cells, self.notes, self.caption = title, display, cells, notes, caption
 
     def markdown(self) -> str:
         body = self.display.to_markdown(index=False, disable_numparse=True)
-        notes = "".join(f"\n- {n}" for n in self.notes)
+        notes = "".join(f"\n- {n}" for n in ([self.caption] if self.caption else []) + self.notes)
         return f"### {self.title}\n\n{body}\n{notes}\n" if notes else f"### {self.title}\n\n{body}\n"
 
     def latex(self) -> str:
-        tex = self.display.to_latex(index=False, escape=True, caption=self.title)
-        return tex.replace("±", r"$\pm$").replace("✓", r"\checkmark").replace("—", "--")
+        caption = f"{self.title}. {self.caption}" if self.caption else self.title
+        tex = self.display.to_latex(index=False, escape=True, caption=caption)
+        return (tex.replace("±", r"$\pm$").replace("✓", r"\checkmark").replace("—", "--")
+                .replace(DAGGER, r"$^\dagger$").replace("‖", r"$\|$"))
+
+
+def usual_n(cells: pd.DataFrame) -> int | None:
+    """The most common number of runs per quantized cell (ties: the larger), None without cells."""
+    counts = cells[(cells["method"] != "FP32") & (cells["n"] > 0)]["n"].value_counts() if len(cells) else []
+    return int(max(counts.index, key=lambda n: (counts[n], n))) if len(counts) else None
+
+
+def sample_caption(cells: pd.DataFrame, measure: Measure) -> str:
+    """What one cell is: n runs per cell (which cells differ), N test images per run, the 95 % intervals."""
+    if not len(cells):
+        return ""
+    q = cells[(cells["method"] != "FP32") & (cells["n"] > 0)]
+    n = usual_n(cells)
+    ones = int((q["n"] == 1).sum())
+    other = int(((q["n"] != n) & (q["n"] > 1)).sum())
+    text = (f"n = {n} runs per cell (calibration seeds), mean ± sample std" if n and n > 1
+            else f"n = 1 run per cell ({DAGGER}: no spread measured)")
+    if n and n > 1 and ones:
+        text += f"; {DAGGER} = one run (n = 1, {ones} cells): no spread measured, no ±"
+    if other:
+        text += f"; (n = k) = a cell with another number of runs ({other} cells)"
+    sizes = sorted({int(v) for v in cells["num_test"].dropna()})
+    if not sizes:
+        text += ". Test images per run: not recorded"
+    else:
+        text += ". N = " + " / ".join(f"{v:,}" for v in sizes) + " test images per run"
+        if len(sizes) > 1:
+            text += " (differs between cells; per cell in cells.csv)"
+        if measure.column == "top1":
+            from ptq.intervals import wilson_interval
+
+            p = float(q["mean"].median()) if len(q) else 50.0
+            low, high = wilson_interval(p, sizes[0])
+            text += (f": a top-1 near {p:.0f} % on {sizes[0]:,} images is known to ±{(high - low) / 2:.1f} points "
+                     f"(95 % Wilson)")
+    if measure.column == "top1":
+        text += (". 95 % intervals in cells.csv (ci95_low, ci95_high; ci95 = t: Student's t over the runs, "
+                 "wilson: Wilson's binomial interval on the N images, for n = 1)")
+    return text + "."
 
 
 def _cell_rows(ok: pd.DataFrame, keys: list[str], ref_fn) -> tuple[pd.DataFrame, list[str]]:
-    """Aggregate `ok` by `keys`: mean/std/n of top-1 and of the drop, the reference, and mixing warnings."""
+    """Aggregate `ok` by `keys`: every measure's mean/std, n, N, the 95 % interval, the reference, and mixing
+    warnings."""
     rows, notes = [], []
     for key, group in ok.groupby(keys, dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
         entry = dict(zip(keys, key))
-        entry["mean"], entry["std"], entry["n"] = _stats(group["top1"])
-        entry["drop_mean"], entry["drop_std"], _ = _stats(group["drop"])
+        numbers = cell_numbers(group)
+        entry.update({k: numbers.pop(k) for k in ("mean", "std", "n", "drop_mean", "drop_std")})
         entry["fp32"] = _stats(group["top1_fp32"])[0]
         entry["ref"] = ref_fn(entry)
+        entry.update(numbers)
         rows.append(entry)
         differ = mixed_settings(group)
         if differ:
@@ -394,15 +588,20 @@ def _cell_rows(ok: pd.DataFrame, keys: list[str], ref_fn) -> tuple[pd.DataFrame,
     return pd.DataFrame(rows), notes
 
 
-def _cell_text(cells: pd.DataFrame, column: str, drop: bool, ref: float | None = None) -> str:
+def _cell_text(cells: pd.DataFrame, column: str, measure: Measure, ref: float | None = None,
+               usual: int | None = None) -> str:
     """The formatted cell of `column` among `cells` (already narrowed to one row of the table); only the
     reference `ref`, if any, where there is no run."""
     hit = cells[cells["column"] == column]
     if not len(hit):
-        return fmt_cell(float("nan"), float("nan"), 0, ref)
+        return fmt_cell(float("nan"), float("nan"), 0, ref, measure.digits)
     e = hit.iloc[0]
-    return (fmt_cell(e["drop_mean"], e["drop_std"], e["n"], e["ref"]) if drop
-            else fmt_cell(e["mean"], e["std"], e["n"], e["ref"]))
+    return fmt_cell(e[f"{measure.prefix}mean"], e[f"{measure.prefix}std"], e["n"],
+                    e["ref"] if measure.reference else None, measure.digits, usual_n=usual)
+
+
+def _measure(drop: bool, measure: str | None) -> Measure:
+    return MEASURES[measure or ("drop" if drop else "table")]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -426,14 +625,17 @@ def _label_runs(q: pd.DataFrame, within: list[str]) -> tuple[pd.DataFrame, dict]
     return q, orders
 
 
-def main_table(df: pd.DataFrame, drop: bool = False) -> Table:
-    """Rows = models; columns = FP32, then method × bits (× settings that vary within a method)."""
+def main_table(df: pd.DataFrame, drop: bool = False, measure: str | None = None) -> Table:
+    """Rows = models; columns = FP32, then method × bits (× settings that vary within a method). `measure`: a key
+    of MEASURES (default top-1, or the drop with `drop`)."""
+    m = _measure(drop, measure)
+    drop = m.column == "drop"
     ok = usable(df)
     q, orders = _label_runs(ok[ok["enabled"].astype(bool)], ["model"])
     q["column"] = [" ".join(filter(None, (r["method"], r["bits"], r["setting"]))) for _, r in q.iterrows()]
 
     def ref(e):
-        if e["setting"]:
+        if e["setting"] or not m.reference:
             return None
         r = table1_reference(e["model"], e["method"], e["bits"])
         if r is not None and drop:
@@ -445,26 +647,39 @@ def main_table(df: pd.DataFrame, drop: bool = False) -> Table:
     models = model_order(ok["model"])
     columns = _sorted_columns(cells, orders) if len(cells) else []
     about = {r["column"]: r for _, r in cells.iterrows()} if len(cells) else {}
+    usual = usual_n(cells)
     table = []
     fp_rows = []  # the FP32 column's numbers, for cells.csv
     for model in models:
-        fm, fs, fn = _fp32_of(ok, model)
+        fp = fp32_cell(ok, model)
         row = {"model": model}
-        if not drop:
-            row["FP32"] = fmt_cell(fm, fs, fn, table1_reference(model, "FP32"))
-        fp_rows.append({"model": model, "column": "FP32", "method": "FP32", "bits": "—", "setting": "",
-                        "mean": fm, "std": fs, "n": fn, "drop_mean": 0.0, "drop_std": 0.0, "fp32": fm,
-                        "ref": table1_reference(model, "FP32")})
+        if m.fp32_column:  # one deterministic float evaluation: no dagger
+            row["FP32"] = fmt_cell(fp["mean"], fp["std"], fp["n"], fp["ref"], m.digits, mark=False)
+        fp_rows.append(fp)
         mine = cells[cells["model"] == model] if len(cells) else cells
-        row.update({col: _cell_text(mine, col, drop, ref(dict(about[col], model=model))) for col in columns})
+        row.update({col: _cell_text(mine, col, m, ref(dict(about[col], model=model)), usual) for col in columns})
         table.append(row)
-    display = pd.DataFrame(table, columns=["model"] + ([] if drop else ["FP32"]) + columns)
+    display = pd.DataFrame(table, columns=["model"] + (["FP32"] if m.fp32_column else []) + columns)
     all_cells = pd.concat([pd.DataFrame(fp_rows), cells], ignore_index=True) if len(fp_rows) else cells
-    title = "Top-1 drop against FP32 (points)" if drop else "Top-1 (%)"
-    return Table(title, display, all_cells, notes)
+    return Table(m.title, display, all_cells, notes, sample_caption(cells, m))
 
 
-def _grid_table(df: pd.DataFrame, row_keys: list[str], row_order, row_cells, ref_fn, drop: bool, title: str
+def fp32_cell(ok: pd.DataFrame, model: str) -> dict:
+    """The FP32 column's cell of a model for cells.csv (its drop is 0 by definition; agreement and KL only from
+    fp32 runs)."""
+    runs, top1 = _fp32_runs(ok, model)
+    numbers = cell_numbers(runs, top1=top1)
+    if runs["enabled"].astype(bool).any():  # no fp32 run: the quantized runs' other numbers are not FP32's
+        numbers.update({f"{m.prefix}{s}": float("nan") for m in MEASURES.values() if m.column != "top1"
+                        for s in ("mean", "std")})
+    cell = {"model": model, "column": "FP32", "method": "FP32", "bits": "—", "setting": "",
+            **{k: numbers.pop(k) for k in ("mean", "std", "n")}}
+    cell.update(drop_mean=0.0, drop_std=float("nan"), fp32=cell["mean"], ref=table1_reference(model, "FP32"))
+    numbers.pop("drop_mean"), numbers.pop("drop_std")
+    return {**cell, **numbers}
+
+
+def _grid_table(df: pd.DataFrame, row_keys: list[str], row_order, row_cells, ref_fn, m: Measure, title: str
                 ) -> Table:
     """Rows from `row_keys` (ordered by `row_order`), columns = model × bits (+ method when several, + the
     settings that still vary within a row)."""
@@ -477,7 +692,7 @@ def _grid_table(df: pd.DataFrame, row_keys: list[str], row_order, row_cells, ref
     keys = row_keys + ["model", "method", "bits"] + (["setting"] if split else []) + ["column"]
 
     def ref(e):
-        return None if e.get("setting") else ref_fn(e)
+        return None if e.get("setting") or not m.reference else ref_fn(e)
 
     cells, notes = _cell_rows(q, keys, ref)
     if not len(cells):
@@ -488,20 +703,28 @@ def _grid_table(df: pd.DataFrame, row_keys: list[str], row_order, row_cells, ref
     row_of = [tuple(r[k] for k in row_keys) for _, r in cells.iterrows()]
     cells = cells.iloc[sorted(range(len(cells)), key=lambda i: row_order(row_of[i]))].reset_index(drop=True)
     row_index = sorted(set(row_of), key=row_order)
+    usual = usual_n(cells)
     table = []
     for idx in row_index:
         row = row_cells(idx)
         hit_rows = cells
         for k, v in zip(row_keys, idx):
             hit_rows = hit_rows[hit_rows[k].astype(str) == str(v)]
-        row.update({col: _cell_text(hit_rows, col, drop, ref(dict(about[col], **dict(zip(row_keys, idx)))))
+        row.update({col: _cell_text(hit_rows, col, m, ref(dict(about[col], **dict(zip(row_keys, idx)))), usual)
                     for col in columns})
         table.append(row)
-    fp = ", ".join(f"{m} {fmt_cell(*_fp32_of(ok, m), table1_reference(m, 'FP32'))}"
-                   for m in model_order(q["model"]))
-    notes = [f"FP32: {fp}"] + notes
+    if m.fp32_column:
+        fp = ", ".join(f"{model} {fmt_cell(*_fp32_of(ok, model), table1_reference(model, 'FP32'), mark=False)}"
+                       for model in model_order(q["model"]))
+        notes = [f"FP32: {fp}"] + notes
     display = pd.DataFrame(table)
-    return Table(title, display, cells, notes)
+    return Table(title, display, cells, notes, sample_caption(cells, m))
+
+
+def _grid_title(layout: str, m: Measure) -> str:
+    """`Ablation: top-1 (%)`: the layout's name, then the measure's title (first letter lower unless an acronym)."""
+    title = m.title if m.title[:2].isupper() else m.title[0].lower() + m.title[1:]
+    return f"{layout}: {title}"
 
 
 def ablation_row_key(flags) -> tuple:
@@ -528,8 +751,10 @@ def metric_row_key(row) -> tuple:
             GRAD_SOURCES.index(grad) if grad in GRAD_SOURCES else -1, str(grad))
 
 
-def ablation_table(df: pd.DataFrame, drop: bool = False) -> Table:
+def ablation_table(df: pd.DataFrame, drop: bool = False, measure: str | None = None) -> Table:
     """The spec's ablation layout: HG / ST / GT switches as rows (spec order, then any other combination)."""
+    m = _measure(drop, measure)
+    drop = m.column == "drop"
     ok = df.copy()
     ok["HG"] = ok["HG"].fillna(False).astype(bool)
     ok["ST"] = ok["twin_softmax"].fillna(False).astype(bool)
@@ -546,23 +771,23 @@ def ablation_table(df: pd.DataFrame, drop: bool = False) -> Table:
     def row_cells(idx):
         return {k: MARK if v else "" for k, v in zip(("HG", "ST", "GT"), idx)}
 
-    title = "Ablation: top-1 drop against FP32 (points)" if drop else "Ablation: top-1 (%)"
-    table = _grid_table(ok, ["HG", "ST", "GT"], ablation_row_key, row_cells, ref, drop, title)
+    table = _grid_table(ok, ["HG", "ST", "GT"], ablation_row_key, row_cells, ref, m, _grid_title("Ablation", m))
     table.notes.insert(0, "HG = Hessian-guided metric (else cosine), ST = twin uniform post-softmax, "
                           "GT = twin uniform post-GELU")
     return table
 
 
-def metrics_table(df: pd.DataFrame, drop: bool = False) -> Table:
+def metrics_table(df: pd.DataFrame, drop: bool = False, measure: str | None = None) -> Table:
     """Rows = metric (split by gradient source where the metric reads one), columns = model × bits."""
+    m = _measure(drop, measure)
     ok = df.copy()
     ok["grad"] = ok["grad"].fillna("—")
 
     def row_cells(idx):
         return {"metric": idx[0], "grad": idx[1]}
 
-    title = "Metrics: top-1 drop against FP32 (points)" if drop else "Metrics: top-1 (%)"
-    table = _grid_table(ok, ["metric", "grad"], metric_row_key, row_cells, lambda e: None, drop, title)
+    table = _grid_table(ok, ["metric", "grad"], metric_row_key, row_cells, lambda e: None, m,
+                        _grid_title("Metrics", m))
     table.notes.insert(0, "grad = source of the Hessian metric's gradient (only `hessian` reads it)")
     return table
 
@@ -586,6 +811,83 @@ def pick_layout(df: pd.DataFrame) -> str:
 LAYOUT_FUNCTIONS = {"main": main_table, "ablation": ablation_table, "metrics": metrics_table}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Settings table: what each column was run with, in the words papers use
+
+
+def slot_text(slots: dict, name: str) -> str:
+    """A resolved slot: `uniform channel 4-bit`, `float`, or `= weight (4-bit)` where the slot is off and its
+    operands use the parent slot's quantizer (e.g. head_weight off: the head's weight is quantized like every
+    other weight, at bits.w), `?` where the run's slots are unknown."""
+    spec = slots.get(name)
+    if not spec:
+        return "?"
+    if spec.get("quantizer") is None:
+        return "float"
+    if spec.get("slot", name) != name:
+        return f"= {spec['slot']} ({spec['bits']}-bit)"
+    return f"{spec['quantizer']} {spec['granularity']} {spec['bits']}-bit"
+
+
+def _setting(r, key: str, default="?"):
+    value = r["settings"].get(key, r["config"].get(key))
+    return default if _is_missing(value) else value
+
+
+def recon_text(r) -> str:
+    name = _setting(r, "recon.name", "none")
+    if name == "none":
+        return "none"
+    return f"{RECON_LABELS.get(str(name), str(name))}: {_setting(r, 'recon.iters')} it, " \
+           f"{_setting(r, 'recon.n_images')} img"
+
+
+def first_last_text(r) -> str:
+    bits = _setting(r, "bits.first_last", OFF)
+    return "off (as the slots say)" if bits == OFF else f"{bits}-bit"
+
+
+# Settings-table column -> its text for one run (a records row). Papers disagree on these and they move W4A4 by
+# points; a new column is one line here.
+SETTINGS_COLUMNS = {
+    "weights": lambda r: slot_text(r["slots"], "weight"),
+    "activations": lambda r: slot_text(r["slots"], "input"),
+    "post-LN inputs": lambda r: slot_text(r["slots"], "ln_input"),
+    "post-softmax": lambda r: slot_text(r["slots"], "softmax"),
+    "patch-embed weight": lambda r: slot_text(r["slots"], "conv_weight"),
+    "image": lambda r: slot_text(r["slots"], "image"),
+    "head weight": lambda r: slot_text(r["slots"], "head_weight"),
+    "head input": lambda r: slot_text(r["slots"], "head_input"),
+    "first/last": first_last_text,
+    "calibration": lambda r: f"{_setting(r, 'calib.n_images')} img, {_setting(r, 'calib.transform', 'eval')} "
+                             "transform",
+    "reconstruction": recon_text,
+}
+
+
+def settings_table(df: pd.DataFrame) -> Table:
+    """One row per method × bits × split of the tables (the main layout's column labels): every setting of
+    SETTINGS_COLUMNS, the distinct values among its runs joined by ` / ` (e.g. two models that differ)."""
+    ok = usable(df)
+    q, _ = _label_runs(ok[ok["enabled"].astype(bool)], ["model"])
+    title = "Settings of each column (resolved operand slots of the runs)"
+    if not len(q):
+        return Table(title, pd.DataFrame(columns=["column", *SETTINGS_COLUMNS]), pd.DataFrame(), [])
+    q["column"] = [" ".join(filter(None, (r["method"], r["bits"], r["setting"]))) for _, r in q.iterrows()]
+    rows = []
+    for column in _sorted_columns(q.drop_duplicates("column"), {(m, s): o for m, s, o in
+                                                                zip(q["method"], q["setting"], q["setting_order"])}):
+        runs = q[q["column"] == column]
+        row = {"column": column, "models": ", ".join(model_order(runs["model"])), "runs": str(len(runs))}
+        for name, text in SETTINGS_COLUMNS.items():
+            row[name] = " / ".join(dict.fromkeys(text(r) for _, r in runs.iterrows()))
+        rows.append(row)
+    notes = ["`= weight (4-bit)`: the slot is off, its operands are quantized like the parent slot's (the "
+             "classifier head's weight like every other weight); `float`: not quantized; first/last: "
+             "bits.first_last (ptq/quant/first_last.py: conv_weight, image, head_weight, head_input)"]
+    return Table(title, pd.DataFrame(rows), pd.DataFrame(), notes)
+
+
 def failed_table(df: pd.DataFrame) -> pd.DataFrame:
     bad = df[df["status"] != "ok"]
     return pd.DataFrame({"job": bad["path"], "model": bad["model"], "method": bad["method"], "bits": bad["bits"],
@@ -601,21 +903,24 @@ def runs_table(df: pd.DataFrame) -> pd.DataFrame:
 # Report
 
 
+# The tables ptq.report writes, in the order of table.md: every measure (MEASURES), then the settings table.
+TABLES = (*MEASURES, "settings")
 OPTIONAL_TABLES = ("failed", "unreadable")  # written (csv) and uploaded (W&B) only when they have rows
 
 
 def build_report(paths, layout: str = "auto") -> dict:
-    """Everything `ptq.report` writes: {"layout", "table", "drop", "failed", "unreadable", "records", "tables"};
-    `tables` is every table of the report by name (table, drop, cells, runs, failed, unreadable -> DataFrame),
-    what both consumers, the file writer (`write_report`) and the W&B upload (ptq/loggers/wandb_report.py), take."""
+    """Everything `ptq.report` writes: {"layout", one Table per key of TABLES ("table" = top-1, "drop",
+    "agreement", "kl", "settings"), "failed", "unreadable", "records", "tables"}; `tables` is every table of the
+    report by name (each of TABLES, cells, runs, failed, unreadable -> DataFrame), what both consumers, the file
+    writer (`write_report`) and the W&B upload (ptq/loggers/wandb_report.py), take."""
     rows, unreadable = read_results(paths)
     df = _records_frame(rows)
     if layout == "auto":
         layout = pick_layout(df)
     fn = LAYOUT_FUNCTIONS[layout]
-    rep = {"layout": layout, "table": fn(df), "drop": fn(df, drop=True), "failed": failed_table(df),
-           "unreadable": pd.DataFrame(unreadable, columns=["file", "reason"]), "records": df}
-    rep["tables"] = {"table": rep["table"].display, "drop": rep["drop"].display, "cells": rep["table"].cells,
+    rep = {"layout": layout, **{key: fn(df, measure=key) for key in MEASURES}, "settings": settings_table(df)}
+    rep.update(failed=failed_table(df), unreadable=pd.DataFrame(unreadable, columns=["file", "reason"]), records=df)
+    rep["tables"] = {**{key: rep[key].display for key in TABLES}, "cells": rep["table"].cells,
                      "runs": runs_table(df), "failed": rep["failed"], "unreadable": rep["unreadable"]}
     return rep
 
@@ -628,8 +933,10 @@ def report_markdown(rep: dict, sources) -> str:
     head = (f"Sweep: {', '.join(map(str, sources))} — {len(df)} jobs: {n_ok} ok"
             + (f" ({n_dup} reusing a sibling's results)" if n_dup else "")
             + f", {len(rep['failed'])} failed" + (f", {n_bad} unreadable files skipped" if n_bad else "")
-            + ". Cells: mean ± std over runs when n > 1; [x] = reference (SPEC.md section 6, ImageNet).")
-    parts = [head, "", rep["table"].markdown(), rep["drop"].markdown()]
+            + f". Cells: mean ± sample std over the n runs of a cell when n > 1, {DAGGER} = one run (n = 1, no "
+              "spread); [x] = reference (SPEC.md section 6, ImageNet); n and the number of test images under each "
+              "table, 95 % intervals in cells.csv.")
+    parts = [head, "", *(rep[key].markdown() for key in TABLES if key in rep)]
     if len(rep["failed"]):
         parts += ["### Failed jobs", "", rep["failed"].to_markdown(index=False), ""]
     if n_bad:
@@ -640,11 +947,11 @@ def report_markdown(rep: dict, sources) -> str:
 def write_report(rep: dict, out: Path, formats=FORMATS, sources=()) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in ("table", "drop"):
+    for name in (key for key in TABLES if key in rep):
         t = rep[name]
         if "md" in formats:
             written.append(out / f"{name}.md")
-            written[-1].write_text(t.markdown() if name == "drop" else report_markdown(rep, sources))
+            written[-1].write_text(t.markdown() if name != "table" else report_markdown(rep, sources))
         if "csv" in formats:
             written.append(out / f"{name}.csv")
             rep["tables"][name].to_csv(written[-1], index=False)
@@ -653,7 +960,7 @@ def write_report(rep: dict, out: Path, formats=FORMATS, sources=()) -> list[Path
             written[-1].write_text(t.latex())
     if "csv" in formats:
         for name, frame in rep["tables"].items():
-            if name not in ("table", "drop") and (name not in OPTIONAL_TABLES or len(frame)):
+            if name not in TABLES and (name not in OPTIONAL_TABLES or len(frame)):
                 written.append(out / f"{name}.csv")
                 frame.to_csv(written[-1], index=False)
     return written

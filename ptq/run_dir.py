@@ -36,6 +36,7 @@ def short_dirname(name: str, limit: int = NAME_LIMIT_BYTES) -> str:
 # Hydra resolves the sweep subfolder inside each job (in launcher workers too, which import this module when they
 # unpickle the callbacks), as ${short_dirname:${hydra:job.override_dirname}}.
 OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)
+import ptq.run_name  # noqa: E402,F401 - registers ${run_variant:...} of hydra.run.dir
 
 # resolved run folder -> the topmost folder this run creates (None: the run folder existed already)
 _CREATED: dict[Path, Path | None] = {}

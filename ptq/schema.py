@@ -61,6 +61,7 @@ class MetricConfig:
 class BitsConfig:
     w: int = MISSING                 # weight bits (every weight slot unless it sets its own `bits`)
     a: int = MISSING                 # activation bits (every activation slot unless it sets its own `bits`)
+    first_last: int | None = None    # bits of the patch embedding, head and their inputs (ptq/quant/first_last.py)
 
 
 CALIB_MODES = ("parallel", "sequential")  # calib.mode (ptq/quant/calibrate.py runs both)

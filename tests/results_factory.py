@@ -28,7 +28,7 @@ def write_job(folder: Path, model: str, quantizer: str, bits: int, top1: float |
     if status == "ok":
         data.update(model=model, quantizer=quantizer, bits_w=bits, bits_a=bits, metric=metric,
                     grad=grad or ("pseudo_ce" if compat == "paper" else "kl_self"), compat=compat, top1=top1,
-                    top1_fp32=fp32, drop=fp32 - top1)
+                    top1_fp32=fp32, drop=fp32 - top1, num_test=max_test)
     else:
         data["error"] = "PTQError: checkpoint /nope.safetensors does not exist"
     if duplicate_of:
@@ -77,7 +77,8 @@ def jobs_from_runs_csv(runs_csv: Path, sweep: Path) -> list[Path]:
             if "." in key:
                 _set_dotted(config, key, yaml.safe_load(value))
         num = functools.partial(_number, row)
-        data = {"status": row["status"], "model": row["model"], "quantizer": row["quantizer"],
+        # the runs.csv model is the report's label (`fmnist_vit+severe`); results.json holds the model's name
+        data = {"status": row["status"], "model": row["model"].partition("+")[0], "quantizer": row["quantizer"],
                 "bits_w": num("w", int), "bits_a": num("a", int), "metric": row["metric"] or None,
                 "grad": row["grad"] or None, "compat": row["compat"] or None, "top1": num("top1"),
                 "top1_fp32": num("top1_fp32"), "drop": num("drop"), "top5": num("top5"),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -49,16 +50,16 @@ def test_main_table_by_hand(table1_sweep):
                                                   "PTQ4ViT W8A8", "PTQ4ViT W6A6"]
     # ptq4vit W8A8: two seeds 89.5 and 89.7 -> mean 89.60, sample std sqrt(0.02) = 0.1414
     assert rows(rep["table"]) == [
-        {"model": "fmnist_vit", "FP32": "90.00", "BasePTQ W8A8": "89.00", "BasePTQ W6A6": "80.00",
-         "PTQ4ViT W8A8": "89.60 ± 0.14", "PTQ4ViT W6A6": "85.00"},
+        {"model": "fmnist_vit", "FP32": "90.00", "BasePTQ W8A8": "89.00†", "BasePTQ W6A6": "80.00†",
+         "PTQ4ViT W8A8": "89.60 ± 0.14 (n = 2)", "PTQ4ViT W6A6": "85.00†"},
         {"model": "vit_small_patch16_224", "FP32": "81.40 [81.39]", "BasePTQ W8A8": "[80.47]",
-         "BasePTQ W6A6": "[70.24]", "PTQ4ViT W8A8": "[81.00]", "PTQ4ViT W6A6": "78.00 [78.63]"}]  # [reference]
+         "BasePTQ W6A6": "[70.24]", "PTQ4ViT W8A8": "[81.00]", "PTQ4ViT W6A6": "78.00† [78.63]"}]  # [reference]
     # drop = fp32 - top1; reference drop 81.39 - 78.63 = 2.76
     assert rows(rep["drop"]) == [
-        {"model": "fmnist_vit", "BasePTQ W8A8": "1.00", "BasePTQ W6A6": "10.00", "PTQ4ViT W8A8": "0.40 ± 0.14",
-         "PTQ4ViT W6A6": "5.00"},
+        {"model": "fmnist_vit", "BasePTQ W8A8": "1.00†", "BasePTQ W6A6": "10.00†",
+         "PTQ4ViT W8A8": "0.40 ± 0.14 (n = 2)", "PTQ4ViT W6A6": "5.00†"},
         {"model": "vit_small_patch16_224", "BasePTQ W8A8": "[0.92]", "BasePTQ W6A6": "[11.15]",
-         "PTQ4ViT W8A8": "[0.39]", "PTQ4ViT W6A6": "3.40 [2.76]"}]
+         "PTQ4ViT W8A8": "[0.39]", "PTQ4ViT W6A6": "3.40† [2.76]"}]
     cells = rep["table"].cells.set_index(["model", "column"])
     assert cells.loc[("fmnist_vit", "PTQ4ViT W8A8"), "n"] == 2
     assert cells.loc[("fmnist_vit", "PTQ4ViT W8A8"), "std"] == pytest.approx(0.02 ** 0.5)
@@ -76,14 +77,16 @@ def test_cli_writes_md_csv_tex(table1_sweep, tmp_path, capsys):
     assert "| fmnist_vit            | 90.00" in printed and "### Failed jobs" in printed
     assert "9 jobs: 8 ok (1 reusing a sibling's results), 1 failed" in printed
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["cells.csv", "drop.csv", "drop.md", "drop.tex", "failed.csv", "runs.csv", "table.csv",
-                     "table.md", "table.tex"]
+    assert names == ["agreement.csv", "agreement.md", "agreement.tex", "cells.csv", "drop.csv", "drop.md",
+                     "drop.tex", "failed.csv", "kl.csv", "kl.md", "kl.tex", "runs.csv", "settings.csv",
+                     "settings.md", "settings.tex", "table.csv", "table.md", "table.tex"]
     tex = (out / "table.tex").read_text()
     assert r"89.60 $\pm$ 0.14" in tex and r"vit\_small\_patch16\_224" in tex
     csv = (out / "table.csv").read_text().splitlines()
     assert csv[0] == "model,FP32,BasePTQ W8A8,BasePTQ W6A6,PTQ4ViT W8A8,PTQ4ViT W6A6"
     assert report.main([str(table1_sweep), "--out", str(tmp_path / "md"), "--format", "md"]) == 0
-    assert sorted(p.name for p in (tmp_path / "md").iterdir()) == ["drop.md", "table.md"]
+    assert sorted(p.name for p in (tmp_path / "md").iterdir()) == ["agreement.md", "drop.md", "kl.md",
+                                                                   "settings.md", "table.md"]
     assert report.main([str(table1_sweep), "--format", "pdf"]) == 2
     assert report.main([str(tmp_path / "missing")]) == 2
 
@@ -94,8 +97,8 @@ def test_varying_knob_is_a_split_not_an_average(tmp_path):
     write_job(d / "b", "fmnist_vit", "ptq4vit", 8, 86.0, max_test=500)
     write_job(d / "c", "fmnist_vit", "ptq4vit", 8, 87.0, max_test=500, seed=4)  # a repeat: averaged
     table = report.build_report([d])["table"]
-    assert rows(table) == [{"model": "fmnist_vit", "FP32": "90.00", "PTQ4ViT W8A8 max_test=100": "88.00",
-                            "PTQ4ViT W8A8 max_test=500": "86.50 ± 0.71"}]
+    assert rows(table) == [{"model": "fmnist_vit", "FP32": "90.00", "PTQ4ViT W8A8 100 test img": "88.00†",
+                            "PTQ4ViT W8A8 500 test img": "86.50 ± 0.71"}]
     assert table.notes == []
 
 
@@ -123,8 +126,8 @@ def test_unknown_knob_and_unknown_method(tmp_path):
         (folder / "results.json").write_text(json.dumps(data))
     rep = report.build_report([d])
     assert rep["layout"] == "main"
-    assert list(rep["table"].display.columns) == ["model", "FP32", "my_method W4A4 granularity=channel",
-                                                  "my_method W4A4 granularity=tensor"]
+    assert list(rep["table"].display.columns) == ["model", "FP32", "my_method W4A4 granularity channel",
+                                                  "my_method W4A4 granularity tensor"]
 
 
 def test_varying_setting_becomes_a_column(tmp_path):
@@ -133,8 +136,8 @@ def test_varying_setting_becomes_a_column(tmp_path):
         write_job(d / f"n{n}", "fmnist_vit", "ptq4vit", 6, top1, n_images=n)
     rep = report.build_report([d])
     assert rep["layout"] == "main"
-    assert rows(rep["table"]) == [{"model": "fmnist_vit", "FP32": "90.00", "PTQ4ViT W6A6 n=32": "84.00",
-                                   "PTQ4ViT W6A6 n=128": "86.00"}]
+    assert rows(rep["table"]) == [{"model": "fmnist_vit", "FP32": "90.00", "PTQ4ViT W6A6 32 calib img": "84.00†",
+                                   "PTQ4ViT W6A6 128 calib img": "86.00†"}]
 
 
 def test_compat_sweep_stays_in_main_layout(tmp_path):
@@ -143,8 +146,8 @@ def test_compat_sweep_stays_in_main_layout(tmp_path):
     write_job(d / "o", "fmnist_vit", "ptq4vit", 6, 83.0, compat="official")  # grad kl_self by default
     rep = report.build_report([d])
     assert rep["layout"] == "main"
-    assert list(rep["table"].display.columns) == ["model", "FP32", "PTQ4ViT W6A6 paper g=pseudo_ce",
-                                                  "PTQ4ViT W6A6 official g=kl_self"]
+    assert list(rep["table"].display.columns) == ["model", "FP32", "PTQ4ViT W6A6 paper pseudo_ce grad",
+                                                  "PTQ4ViT W6A6 official kl_self grad"]
 
 
 def test_ablation_layout_by_hand(tmp_path):
@@ -161,14 +164,14 @@ def test_ablation_layout_by_hand(tmp_path):
     rep = report.build_report([d])
     assert rep["layout"] == "ablation"
     got = [(r["HG"], r["ST"], r["GT"], r["fmnist_vit W8A8"], r["fmnist_vit W6A6"]) for r in rows(rep["table"])]
-    assert got == [("", "", "", "88.00", "86.00"), ("✓", "", "", "89.00", "87.00"),
-                   ("✓", "✓", "", "91.00", "89.00"), ("✓", "", "✓", "93.00", "91.00"),
-                   ("", "✓", "✓", "94.00", "92.00"), ("✓", "✓", "✓", "95.00", "93.00"),  # the spec's six rows
-                   ("", "", "✓", "92.00", "90.00"), ("", "✓", "", "90.00", "88.00")]  # then the other two
+    assert got == [("", "", "", "88.00†", "86.00†"), ("✓", "", "", "89.00†", "87.00†"),
+                   ("✓", "✓", "", "91.00†", "89.00†"), ("✓", "", "✓", "93.00†", "91.00†"),
+                   ("", "✓", "✓", "94.00†", "92.00†"), ("✓", "✓", "✓", "95.00†", "93.00†"),  # the spec's six rows
+                   ("", "", "✓", "92.00†", "90.00†"), ("", "✓", "", "90.00†", "88.00†")]  # then the other two
     last = rows(rep["table"])[5]
-    assert last["vit_base_patch16_384 W6A6"] == "83.00 [83.19]"
+    assert last["vit_base_patch16_384 W6A6"] == "83.00† [83.19]"
     assert rows(rep["table"])[0]["vit_base_patch16_384 W6A6"] == "[46.89]"  # reference beside a missing run
-    assert rows(rep["drop"])[5]["vit_base_patch16_384 W6A6"] == "3.00 [2.81]"  # 86.00 - 83.19
+    assert rows(rep["drop"])[5]["vit_base_patch16_384 W6A6"] == "3.00† [2.81]"  # 86.00 - 83.19
     assert any(n.startswith("FP32: fmnist_vit 90.00, vit_base_patch16_384 86.00 [86.00]") for n in rep["table"].notes)
 
 
@@ -182,10 +185,10 @@ def test_metrics_layout_by_hand(tmp_path):
         write_job(d / f"hessian_{grad}", "fmnist_vit", "ptq4vit", 4, top1, metric="hessian", grad=grad)
     rep = report.build_report([d])
     assert rep["layout"] == "metrics"
-    assert rows(rep["table"]) == [{"metric": "mse", "grad": "—", "fmnist_vit W4A4": "70.00"},
-                                  {"metric": "cosine", "grad": "—", "fmnist_vit W4A4": "75.00"},
-                                  {"metric": "hessian", "grad": "kl_self", "fmnist_vit W4A4": "72.00"},
-                                  {"metric": "hessian", "grad": "fisher", "fmnist_vit W4A4": "81.00"}]
+    assert rows(rep["table"]) == [{"metric": "mse", "grad": "—", "fmnist_vit W4A4": "70.00†"},
+                                  {"metric": "cosine", "grad": "—", "fmnist_vit W4A4": "75.00†"},
+                                  {"metric": "hessian", "grad": "kl_self", "fmnist_vit W4A4": "72.00†"},
+                                  {"metric": "hessian", "grad": "fisher", "fmnist_vit W4A4": "81.00†"}]
 
 
 @pytest.mark.parametrize("content", ["{not json", "null", "[]", "42", '"text"', '{"config": [1]}',
@@ -198,7 +201,7 @@ def test_unreadable_results_are_skipped_and_listed(tmp_path, content, capsys):
     (d / "bad").mkdir()
     (d / "bad" / "results.json").write_text(content)
     rep = report.build_report([d])
-    assert rows(rep["table"])[0]["PTQ4ViT W8A8"] == "88.00"
+    assert rows(rep["table"])[0]["PTQ4ViT W8A8"] == "88.00†"
     assert len(rep["records"]) == 1 and len(rep["failed"]) == 0
     assert rep["unreadable"]["file"].tolist() == [str(d / "bad" / "results.json")]
     assert report.main([str(d), "--out", str(tmp_path / "out")]) == 0
@@ -239,7 +242,7 @@ def test_ablation_from_operand_slots(tmp_path):
     rep = report.build_report([d])
     assert rep["layout"] == "ablation"
     assert [(r["HG"], r["ST"], r["GT"], r["fmnist_vit W6A6"]) for r in rows(rep["table"])] == [
-        ("✓", "", "✓", "80.00"), ("✓", "✓", "✓", "82.00")]
+        ("✓", "", "✓", "80.00†"), ("✓", "✓", "✓", "82.00†")]
 
 
 @pytest.mark.parametrize("name", ["table1", "ablation", "metrics", "calib_size", "seeds", "compat"])
@@ -267,7 +270,7 @@ def test_report_to_wandb_offline(table1_sweep, tmp_path, monkeypatch, capsys):
     assert logged == ["cells", "drop", "failed", "runs", "table"]
     table = json.loads(next((runs[0] / "files" / "media" / "table").glob("table_*.table.json")).read_text())
     assert table["columns"] == ["model", "FP32", "BasePTQ W8A8", "BasePTQ W6A6", "PTQ4ViT W8A8", "PTQ4ViT W6A6"]
-    assert table["data"][0][4] == "89.60 ± 0.14"
+    assert table["data"][0][4] == "89.60 ± 0.14 (n = 2)"
 
 
 def test_model_order():
@@ -293,7 +296,7 @@ def test_repq_reference_in_brackets(tmp_path):
     write_job(tmp_path / "repq_w4", "vit_small_patch16_224", "repq_vit", 4, 64.0, fp32=81.4, metric="hessian")
     rep = report.build_report([tmp_path])
     assert rows(rep["table"]) == [{"model": "vit_small_patch16_224", "FP32": "81.40 [81.39]",
-                                   "RepQ-ViT W4A4": "64.00 [65.05]"}]
+                                   "RepQ-ViT W4A4": "64.00† [65.05]"}]
 
 
 def test_disabled_twin_slot_is_not_counted(tmp_path):
@@ -314,10 +317,10 @@ def test_build_report_names_every_table_and_both_consumers_take_them(table1_swee
     """`build_report` decides which tables a report has (`tables`): the csv writer writes each one with rows,
     the W&B upload logs the same set (nothing of its own)."""
     rep = report.build_report([table1_sweep])
-    assert list(rep["tables"]) == ["table", "drop", "cells", "runs", "failed", "unreadable"]
+    assert list(rep["tables"]) == [*report.TABLES, "cells", "runs", "failed", "unreadable"]
     assert len(rep["tables"]["failed"]) == 1 and not len(rep["tables"]["unreadable"])
     written = report.write_report(rep, tmp_path / "out", formats=["csv"])
-    assert [p.stem for p in written] == ["table", "drop", "cells", "runs", "failed"]
+    assert [p.stem for p in written] == [*report.TABLES, "cells", "runs", "failed"]
     import sys
     import types
 
@@ -331,3 +334,87 @@ def test_build_report_names_every_table_and_both_consumers_take_them(table1_swee
     monkeypatch.setenv("WANDB_MODE", "online")
     wandb_report.log_report(rep, [table1_sweep], out=tmp_path / "out")
     assert sorted(logged) == sorted(p.stem for p in written)
+
+
+def test_one_run_cell_never_shows_a_spread(tmp_path):
+    """A cell of one run shows its number with a dagger in every table (top-1, drop, agreement, KL), never
+    `± 0.00`; cells.csv leaves its std empty and gives the Wilson interval on its test images, a cell of several
+    runs the t interval (hand values: tests/test_intervals.py)."""
+    d = tmp_path / "n1"
+    write_job(d / "one", "fmnist_vit", "ptq4vit", 4, 88.0, max_test=1000)
+    for seed, top1 in ((1, 89.5), (2, 89.7)):
+        write_job(d / f"two{seed}", "fmnist_vit", "base_ptq", 4, top1, seed=seed, max_test=1000)
+    for folder in d.iterdir():
+        data = json.loads((folder / "results.json").read_text())
+        data.update(agreement=data["top1"] + 5, kl_fp32=data["top1"] / 8800)
+        (folder / "results.json").write_text(json.dumps(data))
+    rep = report.build_report([d])
+    for key in report.MEASURES:
+        text = rows(rep[key])[0]["PTQ4ViT W4A4"]
+        assert "±" not in text and text.endswith("†"), (key, text)
+        assert "±" in rows(rep[key])[0]["BasePTQ W4A4"]
+    assert rows(rep["kl"])[0]["PTQ4ViT W4A4"] == "0.0100†" and rows(rep["agreement"])[0]["PTQ4ViT W4A4"] == "93.00†"
+    assert "N = 1,000 test images per run" in rep["table"].caption and "† = one run" in rep["table"].caption
+    out = tmp_path / "out"
+    assert report.main([str(d), "--out", str(out)]) == 0
+    assert not re.search(r"± 0\.00(?!\d)", (out / "table.md").read_text())
+    cells = report.pd.read_csv(out / "cells.csv").set_index("column")
+    one, two = cells.loc["PTQ4ViT W4A4"], cells.loc["BasePTQ W4A4"]
+    assert report.pd.isna(one["std"]) and report.pd.isna(one["drop_std"]) and one["n"] == 1
+    assert one["ci95"] == "wilson" and (one["ci95_low"], one["ci95_high"]) == pytest.approx((85.8391, 89.8701),
+                                                                                               abs=1e-3)
+    assert two["ci95"] == "t" and (two["ci95_low"], two["ci95_high"]) == pytest.approx((88.32938, 90.87062),
+                                                                                          abs=1e-4)
+    assert report.pd.isna(cells.loc["FP32", "std"])
+
+
+def _with_config(folder: Path, **groups) -> None:
+    path = folder / "results.json"
+    data = json.loads(path.read_text())
+    for group, values in groups.items():
+        data["config"].setdefault(group, {}).update(values)
+    path.write_text(json.dumps(data))
+
+
+def test_reconstruction_columns_read_as_papers_write_them(tmp_path):
+    """`+ BRECQ (300 it, 1024 img)` from the run's recon config, never `name=brecq`; a recon setting that differs
+    from its preset is named; no reconstruction: the method alone."""
+    d = tmp_path / "recon"
+    for name, top1, extra in (("none", 80.0, {}), ("brecq", 84.0, {"iters": 300, "n_images": 1024}),
+                              ("qdrop", 85.0, {"iters": 300, "n_images": 1024, "drop_prob": 0.5}),
+                              ("qdrop_lr", 83.0, {"iters": 100, "n_images": 256, "drop_prob": 0.5, "lr_step": 0.01})):
+        folder = write_job(d / name, "fmnist_vit", "repq_vit", 4, top1, metric="hessian")
+        _with_config(folder, recon={"name": name.split("_")[0], **extra})
+    columns = list(report.build_report([d])["table"].display.columns)
+    assert columns == ["model", "FP32", "RepQ-ViT W4A4", "RepQ-ViT W4A4 + BRECQ (300 it, 1024 img)",
+                       "RepQ-ViT W4A4 + QDrop (300 it, 1024 img)",
+                       "RepQ-ViT W4A4 + QDrop (100 it, 256 img, lr_step 0.01)"]
+    assert not any("=" in c for c in columns)
+
+
+def test_settings_table_names_first_last_and_fallback_slots(tmp_path):
+    """The settings table beside the methods table: a head weight whose slot is off reads `= weight (4-bit)`;
+    bits.first_last=8 puts the four first / last slots at 8 bits; calibration and reconstruction are named."""
+    from omegaconf import OmegaConf
+
+    from ptq.cli import compose_config
+
+    d = tmp_path / "settings"
+    for first_last, top1 in ((None, 80.0), (8, 82.0)):
+        folder = write_job(d / f"fl{first_last}", "fmnist_vit", "repq_vit", 4, top1, metric="hessian")
+        cfg = OmegaConf.to_container(compose_config(["quantizer=repq_vit", "bits=w4a4", "logger=none"]),
+                                     resolve=True)
+        cfg["bits"]["first_last"] = first_last
+        data = json.loads((folder / "results.json").read_text())
+        data["config"] = cfg
+        (folder / "results.json").write_text(json.dumps(data))
+    rep = report.build_report([d])
+    settings = {r["column"]: r for r in rows(rep["settings"])}
+    off, on = settings["RepQ-ViT W4A4"], settings["RepQ-ViT W4A4 8-bit first/last"]
+    assert list(rep["table"].display.columns) == ["model", "FP32", "RepQ-ViT W4A4", "RepQ-ViT W4A4 8-bit first/last"]
+    assert off["head weight"] == "= weight (4-bit)" and off["first/last"].startswith("off")
+    assert off["weights"] == "uniform_asym channel 4-bit" and off["image"] == "uniform_asym tensor 8-bit"
+    assert on["head weight"] == "= weight (8-bit)" and on["patch-embed weight"] == "= weight (8-bit)"
+    assert on["head input"] == "= input (8-bit)" and on["first/last"] == "8-bit"
+    assert on["weights"] == "uniform_asym channel 4-bit" and on["calibration"] == "32 img, eval transform"
+    assert on["reconstruction"] == "none"

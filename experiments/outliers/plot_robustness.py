@@ -34,7 +34,8 @@ def robustness_table(sweeps, ranges_csv: Path) -> pd.DataFrame:
     df["base_model"] = df["model"].str.split("+").str[0]
     g = df.groupby(["base_model", "outliers", "method", "bits"])
     out = g.agg(drop_mean=("drop", "mean"), drop_std=("drop", "std"), kl_mean=("kl_fp32", "mean"),
-                kl_std=("kl_fp32", "std"), n=("drop", "size")).reset_index().rename(columns={"base_model": "model"})
+                kl_std=("kl_fp32", "std"), n=("drop", "size"), num_test=("num_test", "max"))
+    out = out.reset_index().rename(columns={"base_model": "model"})
     ranges = pd.read_csv(ranges_csv).groupby(["model", "profile"])["max_over_median"].median()
     out["range_ratio"] = [ranges.get((m, p), float("nan")) for m, p in zip(out["model"], out["outliers"])]
     out["order"] = out["outliers"].map(lambda p: PROFILES.index(p) if p in PROFILES else len(PROFILES))
@@ -71,12 +72,29 @@ def plot(table: pd.DataFrame, path: Path, dpi: int = 80) -> None:
             ax.set_title(model, fontsize=9)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
-    for ax in axes[0]:
-        ax.legend(fontsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    for ax in axes[0, 1:]:  # every (method, bits) once, from whichever panel has it
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in labels:
+                handles.append(h)
+                labels.append(label)
+    order = sorted(range(len(labels)), key=lambda k: labels[k])
+    fig.legend([handles[k] for k in order], [labels[k] for k in order], fontsize=7, loc="upper left",
+               bbox_to_anchor=(1.0, 0.95), title="method, bits")  # outside the panels: it covers no data
+    fig.suptitle(sample_caption(table), fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
+
+
+def sample_caption(table: pd.DataFrame) -> str:
+    """n (seeds per point) and N (test images per run) of the plot, for its caption."""
+    ns = sorted({int(v) for v in table["n"]})
+    text = "mean ± std over n = " + "/".join(map(str, ns)) + " calibration seeds per point"
+    if "num_test" in table and table["num_test"].notna().any():
+        text += ", N = " + "/".join(f"{int(v):,}" for v in sorted(table["num_test"].dropna().unique())) + " test images"
+    return text + "; a point of one seed has no error bar"
 
 
 def markdown(table: pd.DataFrame) -> str:

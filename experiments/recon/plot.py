@@ -49,7 +49,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(["model", "method", "bits", "recon", "device"])
     out = g.agg(n=("seed", "size"), top1=("top1", "mean"), top1_std=("top1", "std"), agreement=("agreement", "mean"),
                 agreement_std=("agreement", "std"), kl=("kl_fp32", "mean"), kl_std=("kl_fp32", "std"),
-                recon_s=("recon_s", "mean"), iters=("iters", "max")).reset_index()
+                recon_s=("recon_s", "mean"), iters=("iters", "max"), num_test=("num_test", "max")).reset_index()
     out["order"] = out["recon"].map(RECONS.index)
     return out.sort_values(["model", "method", "bits", "order"]).drop(columns="order")
 
@@ -87,13 +87,25 @@ def plot(s: pd.DataFrame, path: Path) -> None:
             ax.set_ylabel(label)
             if key == "kl_fp32":
                 ax.set_yscale("log")
-            else:   # the differences are a few points: start the axis just below the lowest bar
-                low = sm["agreement"].min()
-                ax.set_ylim(max(0.0, low - 3), 100)
+            else:   # the differences are a few points: the axis starts just below the lowest bar, and says so
+                low = max(0.0, float(sm["agreement"].min()) - 3)
+                ax.set_ylim(low, 100)
+                ax.set_ylabel(f"{label}\naxis starts at {low:.0f} %, not 0")
             ax.set_title(model)
-            ax.legend(title="recon", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, title="recon", fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 0.95))
+    fig.suptitle(sample_caption(s), fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # the legend sits outside the panels, over no data
+
+
+def sample_caption(s: pd.DataFrame) -> str:
+    """n (seeds per bar) and N (test images per run) of the plot, for its caption."""
+    ns = sorted({int(v) for v in s["n"]})
+    text = "mean ± std (error bars) over n = " + "/".join(map(str, ns)) + " calibration seeds per bar"
+    if "num_test" in s and s["num_test"].notna().any():
+        text += ", N = " + "/".join(f"{int(v):,}" for v in sorted(s["num_test"].dropna().unique())) + " test images"
+    return text
 
 
 def main() -> None:

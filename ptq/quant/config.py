@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from omegaconf import DictConfig, OmegaConf
 
 from ptq.errors import PTQError, choices
+from ptq.quant.first_last import apply_first_last
 from ptq.quant.gradients import GRAD_SOURCES
 from ptq.quant.slots import GRANULARITIES, SLOTS, SlotSpec, effective_slot
 from ptq.schema import CALIB_MODES, ReconConfig, SearchConfig
@@ -52,6 +53,7 @@ class PTQConfig:
     search: SearchConfig
     load: str | None
     recon: ReconConfig               # block reconstruction after the recipe (name none: off)
+    first_last: int | None = None    # bits.first_last (ptq/quant/first_last.py); None: off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,7 +70,8 @@ def _bits(key: str, v) -> int:
     return v
 
 
-def resolve_slots(slots: DictConfig, compat: str, w_bits: int, a_bits: int) -> dict[str, SlotSpec]:
+def resolve_slots(slots: DictConfig, compat: str, w_bits: int, a_bits: int,
+                  first_last: int | None = None) -> dict[str, SlotSpec]:
     """Every slot's spec after fallback to parents, each setting validated (PTQError naming the key)."""
     from ptq.quantizers import QUANTIZERS
 
@@ -95,7 +98,7 @@ def resolve_slots(slots: DictConfig, compat: str, w_bits: int, a_bits: int) -> d
                                f"{choices(cls.OPTIONS) or '(none)'}")
         own[name] = SlotSpec(name, s.quantizer, s.granularity, bits, form, partner, options)
     enabled = {name: bool(slots[name].enabled) for name in SLOTS}
-    return {name: own[effective_slot(name, enabled)] for name in SLOTS}
+    return apply_first_last({name: own[effective_slot(name, enabled)] for name in SLOTS}, first_last)
 
 
 def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
@@ -125,7 +128,8 @@ def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
             raise PTQError(f"quantizer.load={q.load} cannot restore a calibration whose recipe stage {stage} "
                            f"changes the model's weights (the file holds quantizer parameters only); valid: "
                            f"quantizer.load=null (recalibrate)")
-    slots = resolve_slots(q.slots, q.compat, w_bits, a_bits) if q.enabled else {}
+    first_last = _bits("bits.first_last", b.first_last) if b.get("first_last") is not None else None
+    slots = resolve_slots(q.slots, q.compat, w_bits, a_bits, first_last) if q.enabled else {}
     from ptq.recon.config import resolve_recon
 
     recon = resolve_recon(cfg.recon)
@@ -133,4 +137,5 @@ def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
                      recipe=recipe, slots=slots, metric=m.name, grad=grad, fisher_draws=m.fisher_draws, mode=c.mode,
                      n_images=c.n_images, batch_size=c.batch_size,
                      chunk_mb=float(c.chunk_mb) if c.chunk_mb else None, capture_mb=float(c.capture_mb),
-                     fast_paths=bool(c.fast_paths), seed=c.seed, search=search, load=q.load, recon=recon)
+                     fast_paths=bool(c.fast_paths), seed=c.seed, search=search, load=q.load, recon=recon,
+                     first_last=first_last)
