@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import subprocess
@@ -99,18 +101,18 @@ def _load_code(path: str) -> dict:
     """Import the `ptq` of `path` (and what a unit benchmark calls) into a fresh module set; returns that set."""
     for k in _ptq_modules():
         del sys.modules[k]
-    sys.path.insert(0, path)
-    try:
-        import ptq.cli  # noqa: F401
-        import ptq.data  # noqa: F401
-        import ptq.models  # noqa: F401
-        import ptq.quant  # noqa: F401
-        import ptq.quant.params  # noqa: F401
-        import ptq.quant.wrap  # noqa: F401
-        import ptq.recon.stage  # noqa: F401
-        import ptq.recon.units  # noqa: F401
-    finally:
-        sys.path.remove(path)
+    spec = importlib.machinery.PathFinder.find_spec("ptq", [path])   # that tree's package, sys.path untouched
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["ptq"] = package
+    spec.loader.exec_module(package)   # its submodules resolve through package.__path__, inside `path`
+    import ptq.cli  # noqa: F401
+    import ptq.data  # noqa: F401
+    import ptq.models  # noqa: F401
+    import ptq.quant  # noqa: F401
+    import ptq.quant.params  # noqa: F401
+    import ptq.quant.wrap  # noqa: F401
+    import ptq.recon.stage  # noqa: F401
+    import ptq.recon.units  # noqa: F401
     mods = _ptq_modules()
     for k in mods:
         del sys.modules[k]
