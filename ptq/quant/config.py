@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptq.errors import PTQError, choices
 from ptq.quant.slots import GRANULARITIES, SLOTS, SlotSpec, effective_slot
-from ptq.schema import ReconConfig, SearchConfig
+from ptq.schema import CompensateConfig, ReconConfig, SearchConfig
 
 COMPAT = ("paper", "official")
 PARTNERS = ("quantized", "float")
@@ -53,6 +53,7 @@ class PTQConfig:
     search: SearchConfig
     load: str | None
     recon: ReconConfig               # block reconstruction after the recipe (name none: off)
+    compensate: CompensateConfig     # closed-form compensation after that (name none: off)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -130,8 +131,12 @@ def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
     from ptq.recon.config import resolve_recon
 
     recon = resolve_recon(cfg.recon)
+    from ptq.compensate.config import resolve_compensate
+
+    compensate = resolve_compensate(cfg.compensate, recipe)
     return PTQConfig(name=q.name, enabled=bool(q.enabled), compat=q.compat, w_bits=w_bits, a_bits=a_bits,
                      recipe=recipe, slots=slots, metric=m.name, grad=grad, fisher_draws=m.fisher_draws, mode=c.mode,
                      n_images=c.n_images, batch_size=c.batch_size,
                      chunk_mb=float(c.chunk_mb) if c.chunk_mb else None, capture_mb=float(c.capture_mb),
-                     fast_paths=bool(c.fast_paths), seed=c.seed, search=search, load=q.load, recon=recon)
+                     fast_paths=bool(c.fast_paths), seed=c.seed, search=search, load=q.load, recon=recon,
+                     compensate=compensate)
