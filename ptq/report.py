@@ -48,7 +48,7 @@ REPLICATE_KEYS = ("seed", "calib.seed")
 BOOKKEEPING_KEYS = ("force", "progress", "threads", "device", "eval.batch_size", "logger.")
 # Short forms of settings in column labels ("{}" alone: the bare value); any other is shown as `leaf=value`.
 SETTING_FORMATS = {"calib.n_images": "n={}", "metric.grad": "g={}", "metric.name": "{}", "quantizer.compat": "{}",
-                   "calib.mode": "{}"}
+                   "calib.mode": "{}", "compensate.name": "comp={}"}
 # Config groups whose settings come first in a column label (the method, then calibration, then the metric).
 LABEL_GROUP_ORDER = ("quantizer", "calib", "metric")
 MARK = "✓"
