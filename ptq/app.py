@@ -126,13 +126,16 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         _reset_peak_memory(device)
         t0 = time.time()
         recon_data = (data.recon_images, data.recon_labels) if data.recon_images is not None else None
+        comp_data = (data.comp_images, data.comp_labels) if data.comp_images is not None else None
         report = quantize_model(model, pcfg, data.calib_images, data.calib_labels, device=device, progress=progress,
-                                recon_data=recon_data)
+                                recon_data=recon_data, comp_data=comp_data)
         calib_seconds = time.time() - t0
         results["calib_peak_memory_mb"] = round(_peak_memory_mb(device), 1)
         results["calibration"] = report.summary()
         if report.reconstruction:   # iterations and time of the `reconstruct` stage, per unit (ptq/recon/)
             results["reconstruction"] = report.reconstruction
+        if report.compensation:     # per block R^2, kept, parameters, seconds; added params / MACs (ptq/compensate/)
+            results["compensation"] = report.compensation
         log.info("calibrated in %.1fs", calib_seconds)
         t0 = time.time()
         logits, _ = evaluate_logits(model, data.test_batches(bs), device, progress, data.num_test,

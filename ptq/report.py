@@ -64,7 +64,10 @@ OFF = "off"  # bits.first_last of a run that leaves it null (or predates it): th
 SETTING_FORMATS = {"calib.n_images": "{} calib img", "metric.grad": "{} grad", "metric.name": "{}",
                    "quantizer.compat": "{}", "calib.mode": "{}", "calib.transform": "{} transform",
                    "data.max_test": "{} test img",
-                   "bits.first_last": lambda v: "" if v == OFF else f"{v}-bit first/last"}
+                   "bits.first_last": lambda v: "" if v == OFF else f"{v}-bit first/last",
+                   "compensate.name": lambda v: "" if v in ("none", OFF) else f"+ {COMP_LABELS.get(v, v)}"}
+# Compensation presets (conf/compensate/) as papers name them; any other by its name.
+COMP_LABELS = {"qwt": "QwT", "qwt_v2": "QwT-v2", "erq": "ERQ"}
 # Reconstruction presets (conf/recon/) as papers name them; any other by its name.
 RECON_LABELS = {"brecq": "BRECQ", "qdrop": "QDrop", "adalog": "AdaLog recon"}
 # Config groups whose settings come first in a column label (the method, then calibration, then the metric).

@@ -175,6 +175,30 @@ class ReconConfig:
 
 
 @dataclass
+class CompensateConfig:
+    """Closed-form compensation after the method (and reconstruction): per transformer block, a map fitted by least
+    squares to what quantization changed in the block's output (ptq/compensate/, conf/compensate/,
+    ptq/compensate/SPEC.md). Nulls are resolved from `compat`."""
+
+    name: str = "none"               # none | qwt (x @ W + b side path) | qwt_v2 (per-channel affine on the output)
+    compat: str = "paper"            # paper | official: the released QwT code's departures (SPEC.md)
+    n_images: int = 512              # train images the maps are fitted on (all their tokens)
+    augmentation: str | None = None  # none | train (crop, flip, RandAugment m9; SPEC.md); null: paper none,
+    #                                  official train
+    seed: int | None = None          # seed of the augmentation draw; null: calib.seed
+    distinct: bool = True            # true: the images after the calibration (and reconstruction) images of the
+    #                                  calib.seed permutation; false: its first n_images (overlapping calibration)
+    ridge: float | None = None       # lambda on the per-token second moment (bias not penalized); null: paper
+    #                                  1e-3, official 0 (QwT as released)
+    solver: str | None = None        # solve64 (float64 normal equation, solved) | inverse32 (float32 inverse, the
+    #                                  reference's); null: paper solve64, official inverse32
+    r2_gate: float = 0.0             # a block's map is kept only if its R^2 on the fitted data is above this
+    precision: str = "fp16"          # the side path's matmul at inference: fp16 (QwT's) | fp32; never quantized
+    blocks: list[str] = field(default_factory=lambda: ["all"])  # all | block names (blocks.0) or indices (0)
+    batch_size: int = 32             # images per forward while capturing block inputs and outputs
+
+
+@dataclass
 class LoggerConfig:
     name: str = MISSING              # none | wandb
     project: str = "ptq-vit"
@@ -199,6 +223,7 @@ class Config:
     bits: BitsConfig = field(default_factory=BitsConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
+    compensate: CompensateConfig = field(default_factory=CompensateConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     task_name: str = "ptq"
     seed: int = 0

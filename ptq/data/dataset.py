@@ -52,6 +52,74 @@ def reconstruction_indices(n_train: int, n_calib: int, n_images: int, seed: int)
     return np.random.RandomState(seed).permutation(n_train)[n_calib:n_calib + n_images]
 
 
+def compensation_indices(n_train: int, start: int, n_images: int, seed: int) -> np.ndarray:
+    """The compensation images: `n_images` of the calibration permutation from position `start` (distinct: after
+    the calibration and reconstruction images; else 0, overlapping them)."""
+    if start + n_images > n_train:
+        raise PTQError(f"compensate.n_images={n_images} is impossible: the train split holds {n_train} images and "
+                       f"{start} come before them in the permutation; valid: 1..{n_train - start}")
+    return np.random.RandomState(seed).permutation(n_train)[start:start + n_images]
+
+
+def _comp_indices(cfg, n_train: int) -> np.ndarray | None:
+    comp = cfg.get("compensate")
+    if comp is None or comp.name == "none":
+        return None
+    recon = cfg.get("recon")
+    start = 0
+    if comp.distinct:
+        start = cfg.calib.n_images + (recon.n_images if recon is not None and recon.name != "none" else 0)
+    return compensation_indices(n_train, start, comp.n_images, cfg.calib.seed)
+
+
+def _comp_augmentation(cfg) -> str:
+    from ptq.compensate.config import BY_COMPAT
+
+    comp = cfg.compensate
+    return comp.augmentation if comp.augmentation is not None else BY_COMPAT[comp.compat]["augmentation"]
+
+
+def seeded(seed: int, fn: Callable[[], list]) -> list:
+    """fn() with python's, numpy's and torch's generators seeded by `seed`, all restored afterwards (timm's
+    RandAugment draws its ops from numpy, its magnitudes from python)."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        return augmented([None], lambda _: fn(), seed)[0]
+    finally:
+        np.random.set_state(state)
+
+
+def fmnist_randaugment_transform():
+    """The compensation images' training augmentation on 28x28 grey PIL images, QwT's ImageNet recipe scaled to the
+    test-bed: RandomResizedCrop(28, scale 0.08-1, bicubic), horizontal flip (p 0.5), timm's RandAugment
+    `rand-m9-mstd0.5-inc1` (2 ops, magnitude 9, std 0.5; translations up to 0.45 x 28 = 12 px, fill the data
+    set's mean grey); colour ops act on the one channel as they do on grey images."""
+    from timm.data.auto_augment import rand_augment_transform
+    from torchvision import transforms
+
+    from ptq.data.fashion_mnist import MEAN
+
+    hparams = {"translate_const": int(28 * 0.45), "img_mean": round(255 * MEAN), "interpolation": 3}
+    return transforms.Compose([
+        transforms.RandomResizedCrop(28, scale=(0.08, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(0.5), rand_augment_transform("rand-m9-mstd0.5-inc1", hparams)])
+
+
+def _fmnist_comp_images(cfg, train_x: torch.Tensor, idx: np.ndarray) -> torch.Tensor:
+    from PIL import Image
+
+    from ptq.data import fashion_mnist as fm
+
+    images = train_x[torch.from_numpy(idx)]
+    if _comp_augmentation(cfg) != "train":
+        return fm.normalize(images)
+    aug = fmnist_randaugment_transform()
+    seed = cfg.compensate.seed if cfg.compensate.seed is not None else cfg.calib.seed
+    out = seeded(seed, lambda: [np.asarray(aug(Image.fromarray(im.numpy(), mode="L"))) for im in images])
+    return fm.normalize(torch.from_numpy(np.stack(out)))
+
+
 def _recon_indices(cfg, n_train: int) -> np.ndarray | None:
     recon = cfg.get("recon")
     if recon is None or recon.name == "none":
@@ -72,6 +140,8 @@ class DataBundle:
     info: dict = field(default_factory=dict)
     recon_images: torch.Tensor | None = None   # block-reconstruction images (recon.name != none)
     recon_labels: torch.Tensor | None = None
+    comp_images: torch.Tensor | None = None    # compensation images (compensate.name != none)
+    comp_labels: torch.Tensor | None = None
 
     def test_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self._iter_test(batch_size)
@@ -107,6 +177,10 @@ def _fmnist(cfg, model) -> DataBundle:
     if ridx is not None:
         ridx = torch.from_numpy(ridx)
         bundle.recon_images, bundle.recon_labels = fm.normalize(train_x[ridx]), train_y[ridx]
+    cidx = _comp_indices(cfg, len(train_x))
+    if cidx is not None:
+        bundle.comp_images = _fmnist_comp_images(cfg, train_x, cidx)
+        bundle.comp_labels = train_y[torch.from_numpy(cidx)]
     return bundle
 
 
@@ -167,6 +241,20 @@ def _imagenet(cfg, model) -> DataBundle:
         recon = [train[int(i)] for i in ridx]
         bundle.recon_images = torch.stack([r[0] for r in recon])
         bundle.recon_labels = torch.tensor([r[1] for r in recon], dtype=torch.long)
+    cidx = _comp_indices(cfg, len(train))
+    if cidx is not None:
+        if _comp_augmentation(cfg) == "train":   # timm's train transform of the model with RandAugment m9
+            from timm.data import create_transform
+
+            aug = create_transform(**data_cfg, is_training=True, auto_augment="rand-m9-mstd0.5-inc1")
+            raw = image_folder(root, cfg.data.get("train_split", "train"), None, train.class_to_idx)
+            picked = bad_files.keep([raw[int(i)] for i in cidx])
+            seed = cfg.compensate.seed if cfg.compensate.seed is not None else cfg.calib.seed
+            comp = list(zip(seeded(seed, lambda: [aug(p[0]) for p in picked]), [p[1] for p in picked]))
+        else:
+            comp = bad_files.keep([train[int(i)] for i in cidx])
+        bundle.comp_images = torch.stack([c[0] for c in comp])
+        bundle.comp_labels = torch.tensor([c[1] for c in comp], dtype=torch.long)
     return bundle
 
 

@@ -31,6 +31,7 @@ class CalibReport:
     passes: int = 0
     stages: list[str] = field(default_factory=list)
     reconstruction: dict = field(default_factory=dict)   # the `reconstruct` stage's per-unit rows (ptq/recon/)
+    compensation: dict = field(default_factory=dict)     # the `compensate` stage's per-block rows (ptq/compensate/)
 
     def records(self) -> list[dict]:
         """One row per searched operand (its last round): layer, operand, quantizer, chosen parameter (compact),
@@ -50,7 +51,8 @@ class CalibReport:
         return {"layers": len(self.layers), "capture_passes": self.passes, "stages": self.stages,
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                 "search_seconds_per_layer": {r.name: round(r.seconds, 3) for r in self.layers},
-                "records": self.records(), **({"reconstruction": self.reconstruction} if self.reconstruction else {})}
+                "records": self.records(), **({"reconstruction": self.reconstruction} if self.reconstruction else {}),
+                **({"compensation": self.compensation} if self.compensation else {})}
 
 
 class Calibrator:
@@ -145,7 +147,8 @@ class Calibrator:
 
 def quantize_model(model: nn.Module, pcfg: PTQConfig, calib_x: torch.Tensor, calib_y: torch.Tensor,
                    device: torch.device | str = "cpu", progress: bool = True,
-                   recon_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> CalibReport:
+                   recon_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   comp_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> CalibReport:
     """Quantize `model` in place with the method `pcfg`, calibrated on (calib_x, calib_y), reconstructed on
     recon_data when `pcfg.recon` asks for it; returns a report.
     With `pcfg.load` set, the saved parameters are loaded instead of calibrating."""
@@ -158,11 +161,11 @@ def quantize_model(model: nn.Module, pcfg: PTQConfig, calib_x: torch.Tensor, cal
     if pcfg.load:
         from ptq.quant.params import load_quant_params
 
-        load_quant_params(model, pcfg.load)
+        load_quant_params(model, pcfg.load, compensate=pcfg.compensate.name)
         return CalibReport(seconds={"total": 0.0})
     from ptq.quant.recipe import run_recipe
 
-    return run_recipe(model, ops, pcfg, calib_x, calib_y, device, progress, recon_data)
+    return run_recipe(model, ops, pcfg, calib_x, calib_y, device, progress, recon_data, comp_data)
 
 
 __all__ = ["quantize_model", "CalibReport", "Calibrator", "quant_ops"]

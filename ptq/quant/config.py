@@ -18,7 +18,7 @@ from ptq.errors import PTQError, choices
 from ptq.quant.first_last import apply_first_last
 from ptq.quant.gradients import GRAD_SOURCES
 from ptq.quant.slots import GRANULARITIES, SLOTS, SlotSpec, effective_slot
-from ptq.schema import CALIB_MODES, ReconConfig, SearchConfig
+from ptq.schema import CALIB_MODES, CompensateConfig, ReconConfig, SearchConfig
 
 COMPAT = ("paper", "official")
 PARTNERS = ("quantized", "float")
@@ -53,6 +53,7 @@ class PTQConfig:
     search: SearchConfig
     load: str | None
     recon: ReconConfig               # block reconstruction after the recipe (name none: off)
+    compensate: CompensateConfig     # closed-form compensation after that (name none: off)
     first_last: int | None = None    # bits.first_last (ptq/quant/first_last.py); None: off
 
     def to_dict(self) -> dict:
@@ -133,9 +134,12 @@ def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
     from ptq.recon.config import resolve_recon
 
     recon = resolve_recon(cfg.recon)
+    from ptq.compensate.config import resolve_compensate
+
+    compensate = resolve_compensate(cfg.compensate, recipe)
     return PTQConfig(name=q.name, enabled=bool(q.enabled), compat=q.compat, w_bits=w_bits, a_bits=a_bits,
                      recipe=recipe, slots=slots, metric=m.name, grad=grad, fisher_draws=m.fisher_draws, mode=c.mode,
                      n_images=c.n_images, batch_size=c.batch_size,
                      chunk_mb=float(c.chunk_mb) if c.chunk_mb else None, capture_mb=float(c.capture_mb),
                      fast_paths=bool(c.fast_paths), seed=c.seed, search=search, load=q.load, recon=recon,
-                     first_last=first_last)
+                     compensate=compensate, first_last=first_last)

@@ -29,8 +29,12 @@ def quant_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
 def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
+    from ptq.compensate.side import compensation_state
+
     tensors, meta = quant_state(model)
-    md = {"quantizers": json.dumps(meta)}
+    comp_tensors, comp_meta = compensation_state(model)   # closed-form compensation maps (ptq/compensate/)
+    tensors.update(comp_tensors)
+    md = {"quantizers": json.dumps(meta), "compensate": json.dumps(comp_meta)}
     md.update(metadata or {})
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")  # unique: concurrent saves
@@ -46,8 +50,9 @@ def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, st
             raise
 
 
-def load_quant_params(model: nn.Module, path: str | Path) -> None:
-    """Load parameters saved by `save_quant_params` into an identically wrapped model and enable quantization.
+def load_quant_params(model: nn.Module, path: str | Path, compensate: str | None = None) -> None:
+    """Load parameters saved by `save_quant_params` into an identically wrapped model and enable quantization;
+    `compensate` (the run's compensate.name) must match whether the file holds compensation maps.
     Every tensor must be finite, every key a quantizer restores present and every step (its POSITIVE_KEYS) > 0,
     in the file and as restored; else one PTQError naming the file and the key."""
     from safetensors import safe_open
@@ -60,6 +65,7 @@ def load_quant_params(model: nn.Module, path: str | Path) -> None:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("quantizers", "{}"))
+            comp_meta = json.loads((f.metadata() or {}).get("compensate", "{}"))
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise PTQError(f"quantizer.load={path} is not a saved quantizer-parameter file ({type(e).__name__})") from None
@@ -86,6 +92,12 @@ def load_quant_params(model: nn.Module, path: str | Path) -> None:
             _check_values(path, saved, q.POSITIVE_KEYS, f"{key}.")
             q.restore(saved)
             _check_values(path, q.export(), q.POSITIVE_KEYS, f"{key}.", " as restored")
+    from ptq.compensate.side import restore_compensation
+
+    if compensate is not None and (compensate != "none") != bool(comp_meta):
+        raise PTQError(f"quantizer.load={path} holds {len(comp_meta)} compensation maps but this run has "
+                       f"compensate.name={compensate}; valid: the compensate setting the file was saved with")
+    restore_compensation(model, tensors, comp_meta)
     set_quant_enabled(model, True)
 
 

@@ -42,6 +42,7 @@ class RecipeState:
     progress: bool = True
     report: CalibReport = field(default_factory=CalibReport)
     recon_data: tuple[torch.Tensor, torch.Tensor] | None = None   # images (and labels) of the `reconstruct` stage
+    comp_data: tuple[torch.Tensor, torch.Tensor] | None = None    # images (and labels) of the `compensate` stage
 
 
 Stage = Callable[[RecipeState], None]
@@ -146,21 +147,24 @@ def recipe_stages(pcfg: PTQConfig) -> list[str]:
     before the stages that must follow it (registered with after_reconstruct)."""
     stages = list(pcfg.recipe)
     if pcfg.recon.name != "none" and "reconstruct" not in stages:
-        at = next((i for i, s in enumerate(stages) if s in AFTER_RECONSTRUCT), len(stages))
+        at = next((i for i, s in enumerate(stages) if s in AFTER_RECONSTRUCT or s == "compensate"), len(stages))
         stages.insert(at, "reconstruct")
+    if pcfg.compensate.name != "none" and "compensate" not in stages:   # after reconstruct, before fold_shift
+        stages.insert(next((i for i, s in enumerate(stages) if s in AFTER_RECONSTRUCT), len(stages)), "compensate")
     return stages
 
 
 def run_recipe(model: nn.Module, ops: dict[str, QuantOp], pcfg: PTQConfig, x: torch.Tensor, y: torch.Tensor,
                device: torch.device, progress: bool = True,
-               recon_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> CalibReport:
+               recon_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+               comp_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> CalibReport:
     """Run the method's stages in order on the calibration batch (x, y) (reconstruction on recon_data), then
     enable every quantizer."""
     if pcfg.chunk_mb is None:  # cache-sized chunks on CPU; few, large kernels on GPU
         pcfg = dataclasses.replace(pcfg, chunk_mb=1024.0 if device.type == "cuda" else 8.0)
     t0 = time.time()
     state = RecipeState(model, ops, pcfg, Calibrator(model, ops, pcfg, x, y, device), device, progress,
-                        recon_data=recon_data)
+                        recon_data=recon_data, comp_data=comp_data)
     for name in recipe_stages(pcfg):
         t1 = time.time()
         STAGES[name](state)

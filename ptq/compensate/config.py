@@ -1,0 +1,69 @@
+"""`resolve_compensate`: the typed `compensate` group validated (each bad value a one-line PTQError), its nulls
+resolved from compat, and the recipe orders it allows checked."""
+from __future__ import annotations
+
+import dataclasses
+
+from omegaconf import DictConfig, OmegaConf
+
+from ptq.compensate.side import PRECISIONS
+from ptq.compensate.solver import SOLVERS
+from ptq.errors import PTQError, choices
+from ptq.schema import CompensateConfig
+
+COMPATS = ("paper", "official")
+AUGMENTATIONS = ("none", "train")
+# what null resolves to, per compat (ptq/compensate/SPEC.md: the released code's departures)
+BY_COMPAT = {"paper": {"ridge": 1e-3, "solver": "solve64", "augmentation": "none"},
+             "official": {"ridge": 0.0, "solver": "inverse32", "augmentation": "train"}}
+STAGE = "compensate"
+
+
+def check_order(stages: list[str], after_reconstruct: set[str]) -> None:
+    """compensate runs after the method's stages and reconstruction, before the stages that must follow
+    reconstruction (AdaLog's fold_shift: with it done, the model with quantizers off is no longer the float model
+    the maps are fitted to); nothing else may follow it."""
+    at = stages.index(STAGE)
+    later = [s for s in stages[at + 1:] if s not in after_reconstruct]
+    if later:
+        raise PTQError(f"quantizer.recipe runs {later[0]} after compensate; valid: compensate after the method's "
+                       f"stages and reconstruct, followed only by {choices(sorted(after_reconstruct)) or '(none)'}")
+    early = [s for s in stages[:at] if s in after_reconstruct]
+    if early:
+        raise PTQError(f"quantizer.recipe runs {early[0]} before compensate; valid: compensate before {early[0]} "
+                       f"(the maps are fitted to the float model, which {early[0]} changes)")
+
+
+def resolve_compensate(c: DictConfig, recipe: list[str]) -> CompensateConfig:
+    """The compensation settings as a dataclass (recorded in results.json's ptq_config); `recipe` is the method's
+    stage list, checked when it names compensate itself."""
+    from ptq.compensate import COMPENSATORS
+    from ptq.quant.recipe import AFTER_RECONSTRUCT
+
+    cc = CompensateConfig(**OmegaConf.to_container(c, resolve=True))
+    if cc.name != "none" and cc.name not in COMPENSATORS:
+        raise PTQError(f"unknown compensate.name={cc.name}; valid: {choices(['none', *COMPENSATORS])}")
+    if cc.compat not in COMPATS:
+        raise PTQError(f"unknown compensate.compat={cc.compat}; valid: {choices(COMPATS)}")
+    if cc.name != "none" and cc.compat not in COMPENSATORS[cc.name].compat:
+        raise PTQError(f"compensate.compat={cc.compat} does not exist for compensate.name={cc.name} (no reference "
+                       f"code to follow); valid: {choices(COMPENSATORS[cc.name].compat)}")
+    cc = dataclasses.replace(cc, **{k: v for k, v in BY_COMPAT[cc.compat].items() if getattr(cc, k) is None})
+    for key, valid in (("augmentation", AUGMENTATIONS), ("solver", SOLVERS), ("precision", PRECISIONS)):
+        if getattr(cc, key) not in valid:
+            raise PTQError(f"unknown compensate.{key}={getattr(cc, key)}; valid: {choices(valid)}")
+    for key, ok, what in (("n_images", cc.n_images >= 1, "an integer >= 1"),
+                          ("batch_size", cc.batch_size >= 1, "an integer >= 1"),
+                          ("ridge", cc.ridge >= 0, "a number >= 0"),
+                          ("r2_gate", cc.r2_gate < 1, "a number < 1 (R^2 is at most 1)"),
+                          ("seed", cc.seed is None or 0 <= cc.seed < 2**32, "0..2^32-1 or null")):
+        if not ok:
+            raise PTQError(f"impossible compensate.{key}={getattr(cc, key)}; valid: {what}")
+    if STAGE in recipe:
+        if cc.name == "none":
+            raise PTQError("quantizer.recipe names compensate but compensate.name=none; valid: compensate=qwt|qwt_v2 "
+                           "(the stage is appended by itself), or a recipe without compensate")
+        check_order(list(recipe), AFTER_RECONSTRUCT)
+    if not cc.blocks:
+        raise PTQError("impossible compensate.blocks=[]; valid: [all], or block names / indices")
+    return cc

@@ -1,0 +1,102 @@
+"""The side paths a compensator adds to a block, and how they are attached, saved and restored.
+
+A side path is a child module `compensation` of the block plus a forward hook that adds it to the block's output,
+so no quantized op changes its name (saved parameter files keep their keys). It acts only while the block's
+quantizers are on: with every quantizer off the model is the float model again (what reconstruction, the
+compensate stage itself and the float evaluation rely on).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ptq.quant.modules import QuantOp
+
+PRECISIONS = ("fp16", "fp32")
+ATTR = "compensation"
+
+
+def _quantized(block: nn.Module) -> bool:
+    return any(q.enabled for m in block.modules() if isinstance(m, QuantOp) for q in m.quantizers().values())
+
+
+class SidePath(nn.Module):
+    """Base: `correct(x, out)` returns the compensated output; `export()` the tensors that rebuild it."""
+
+    kind = ""
+
+    def correct(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def export(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
+
+    def hook(self, block: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        return self.correct(args[0], out) if _quantized(block) else out
+
+
+class LinearSide(SidePath):
+    """QwT: out + x @ W + b, the matmul in FP16 (inputs and W rounded to half, product back to float, bias added in
+    float, as the released code does) or FP32; never quantized."""
+
+    kind = "linear"
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, precision: str = "fp16"):
+        super().__init__()
+        self.register_buffer("weight", weight.float().clone())   # (in, out)
+        self.register_buffer("bias", bias.float().clone())
+        self.precision = precision
+
+    def correct(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if self.precision == "fp16":
+            return out + (x.half() @ self.weight.half()).float() + self.bias
+        return out + x @ self.weight + self.bias
+
+
+class ChannelAffine(SidePath):
+    """QwT-v2: gain * out + bias per output channel (foldable into the next requantization's scale and offset)."""
+
+    kind = "channel_affine"
+
+    def __init__(self, gain: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        self.register_buffer("gain", gain.float().clone())
+        self.register_buffer("bias", bias.float().clone())
+
+    def correct(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        return out * self.gain + self.bias
+
+
+def attach(block: nn.Module, side: SidePath) -> None:
+    """Add `side` to `block` (a block takes at most one)."""
+    if isinstance(getattr(block, ATTR, None), SidePath):
+        raise ValueError(f"{type(block).__name__} already has a compensation")
+    setattr(block, ATTR, side)
+    side._handle = block.register_forward_hook(side.hook)
+
+
+def attached(model: nn.Module) -> dict[str, SidePath]:
+    """Every attached side path by the name of its block."""
+    return {name: getattr(m, ATTR) for name, m in model.named_modules() if isinstance(getattr(m, ATTR, None), SidePath)}
+
+
+def compensation_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors under `compensate.<block>.<tensor>` and {block: kind} of every attached map (for the parameter file)."""
+    tensors, meta = {}, {}
+    for name, side in attached(model).items():
+        for k, v in side.export().items():
+            tensors[f"compensate.{name}.{k}"] = v
+        meta[name] = {"kind": side.kind, **({"precision": side.precision} if isinstance(side, LinearSide) else {})}
+    return tensors, meta
+
+
+def restore_compensation(model: nn.Module, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Re-attach the maps of `compensation_state` to an identically wrapped model."""
+    for name, info in meta.items():
+        t = {k[len(f"compensate.{name}."):]: v for k, v in tensors.items() if k.startswith(f"compensate.{name}.")}
+        if info["kind"] == "linear":
+            side: SidePath = LinearSide(t["weight"], t["bias"], info.get("precision", "fp16"))
+        else:
+            side = ChannelAffine(t["gain"], t["bias"])
+        device = next(model.parameters()).device
+        attach(model.get_submodule(name), side.to(device))
