@@ -11,7 +11,9 @@ A quantizer class declares what the machinery needs to know about it, so the cor
 state while it is searched, per compat mode), `OPTIONS` (its own options and their defaults; a slot's
 `options` may set only these) and what block reconstruction (ptq/recon/) may learn of it: `learnable_rounding`
 (the rounding of each weight; implements `soft_fake` and `harden`) and `learnable_step` (its `param` by gradient
-through the rounding; implements `fake_ste`). Quantizers without these stay fixed during reconstruction.
+through the rounding; implements `fake_ste`). Quantizers without these stay fixed during reconstruction. Whether it
+runs as a standard integer operator: `integer_op` (None: simulation only) and `integer_form()` (its codes' scale,
+integer zero point and range, or NotDeployable saying why not; ptq/export/ reads it).
 
 Adding a quantizer = one file in this folder with a `@register_quantizer("name")` class (it is imported
 automatically) + a YAML in conf/quantizer/ that selects it for an operand (see README).
