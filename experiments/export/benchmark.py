@@ -33,9 +33,7 @@ from ptq.quant import quantize_model
 from ptq.quant.config import resolve_ptq_config
 
 HERE = Path(__file__).resolve().parent
-MODELS = {"fmnist_vit": ("fmnist_vit", True), "fmnist_swin": ("fmnist_swin", True),
-          "vit_s_224": ("vit_small_patch16_224", False), "deit_s_224": ("deit_small_patch16_224", False),
-          "swin_t_224": ("swin_tiny_patch4_window7_224", False)}
+MODELS = {"fmnist_vit": True, "fmnist_swin": True, "vit_s_224": False, "deit_s_224": False, "swin_t_224": False}
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
          "amx_bf16")
 
@@ -49,9 +47,8 @@ def cpu_info() -> tuple[str, list[str]]:
 
 
 def build(key: str) -> tuple[torch.nn.Module, object]:
-    model_group, testbed = MODELS[key]
-    over = [f"model={model_group}"] if testbed else [f"model.name={model_group}", "model.pretrained=false",
-                                                    "model.checkpoint=null", "model.kwargs={}"]
+    # a paper model's config group with random weights (no download); a test-bed with its checkpoint
+    over = [f"model={key}"] if MODELS[key] else [f"model={key}", "model.pretrained=false", "model.checkpoint=null"]
     cfg = compose_config([*over, "quantizer=base_ptq_deploy", "bits=w8a8", "logger=none", "progress=false"])
     return build_model(cfg.model, "cpu"), cfg
 
