@@ -132,6 +132,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         calib_seconds = time.time() - t0
         results["calib_peak_memory_mb"] = round(_peak_memory_mb(device), 1)
         results["calibration"] = report.summary()
+        from ptq.export import deployability  # integer operators or simulation only (python -m ptq.export)
+
+        results["deployability"] = deployability(model)
         if report.reconstruction:   # iterations and time of the `reconstruct` stage, per unit (ptq/recon/)
             results["reconstruction"] = report.reconstruction
         if report.compensation:     # per block R^2, kept, parameters, seconds; added params / MACs (ptq/compensate/)

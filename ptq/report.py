@@ -154,6 +154,7 @@ def record(path: Path, data: dict, root: Path | None = None) -> dict:
         "twin_softmax": st if enabled else None, "twin_gelu": gt if enabled else None,
         "top1": top1, "top1_fp32": fp32, "drop": drop, "top5": data.get("top5"),
         "agreement": data.get("agreement"), "kl_fp32": data.get("kl_fp32"),
+        "deployable": (data.get("deployability") or {}).get("deployable"),   # ptq/export (None: not recorded)
         "calib_seconds": data.get("calib_seconds"), "num_test": data.get("num_test"),
         "duplicate_of": data.get("duplicate_of"), "error": data.get("error"),
         "recon": (settings.get("recon.name") or "none") if enabled else None,

@@ -28,7 +28,9 @@ def make_quantizer(pcfg: PTQConfig, slot: str, size: int) -> Quantizer | None:
     if spec.quantizer is None:
         return None
     layout = layout_for(SLOTS[slot].role, spec.granularity, size)
-    return QUANTIZERS[spec.quantizer](spec.bits, layout, form=spec.form, partner=spec.partner, **spec.options)
+    q = QUANTIZERS[spec.quantizer](spec.bits, layout, form=spec.form, partner=spec.partner, **spec.options)
+    q.slot = slot   # named by the deployability report (ptq/export/)
+    return q
 
 
 def _qlinear(linear: nn.Linear, pcfg: PTQConfig, weight_slot: str, input_slot: str) -> QLinear:

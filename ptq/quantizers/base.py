@@ -11,7 +11,9 @@ A quantizer class declares what the machinery needs to know about it, so the cor
 state while it is searched, per compat mode), `OPTIONS` (its own options and their defaults; a slot's
 `options` may set only these) and what block reconstruction (ptq/recon/) may learn of it: `learnable_rounding`
 (the rounding of each weight; implements `soft_fake` and `harden`) and `learnable_step` (its `param` by gradient
-through the rounding; implements `fake_ste`). Quantizers without these stay fixed during reconstruction.
+through the rounding; implements `fake_ste`). Quantizers without these stay fixed during reconstruction. Whether it
+runs as a standard integer operator: `integer_op` (None: simulation only) and `integer_form()` (its codes' scale,
+integer zero point and range, or NotDeployable saying why not; ptq/export/ reads it).
 
 Adding a quantizer = one file in this folder with a `@register_quantizer("name")` class (it is imported
 automatically) + a YAML in conf/quantizer/ that selects it for an operand (see README).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -73,6 +76,23 @@ class Layout:
         return x.movedim(self.axis, 0).reshape(self.groups, -1)
 
 
+@dataclass(frozen=True)
+class IntegerForm:
+    """How a quantizer maps to ONNX QuantizeLinear / DequantizeLinear (ptq/export/): codes
+    clamp(round(x / scale) + zero_point, qmin, qmax) stored as int8 (qmin < 0) or uint8, per tensor (axis None) or per
+    entry along `axis` (scale and zero_point [size], the groups repeated over their entries)."""
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor        # integer-valued
+    qmin: int
+    qmax: int
+    axis: int | None
+
+
+class NotDeployable(Exception):
+    """Why a quantizer has no integer operator (its message is the reason recorded in results.json)."""
+
+
 class Quantizer(nn.Module):
     """Base class. Subclasses implement `fake`, `from_stat` (and `stat`) and `candidates`."""
 
@@ -87,6 +107,8 @@ class Quantizer(nn.Module):
     learnable_step: ClassVar[bool] = False      # reconstruction may learn `param` by gradient (LSQ, STE rounding)
     # exported keys that are steps (scales, > 0): a saved file holding a zero, negative, NaN or Inf one is refused
     POSITIVE_KEYS: ClassVar[tuple[str, ...]] = ("param",)
+    # the standard integer operator it maps to (implements `integer_form`); None: simulation only (ptq/export/)
+    integer_op: ClassVar[str | None] = None
 
     def __init__(self, bits: int, layout: Layout, form: str = "paper", partner: str = "quantized", **options):
         super().__init__()
@@ -187,6 +209,26 @@ class Quantizer(nn.Module):
         extra level outside the codes says so by overriding this)."""
         return 2 ** self.bits
 
+    def integer_form(self) -> IntegerForm:
+        """Its current parameters as integer codes (only a quantizer that declares `integer_op`); raises
+        NotDeployable naming why not."""
+        raise NotDeployable(f"{self.kind} has no standard integer operator (simulation only)")
+
+    def _affine_form(self, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> IntegerForm:
+        """The IntegerForm of scale / zero point per group [G] with codes qmin..qmax: at most 8 bits, integer zero
+        points."""
+        if qmax - qmin > 255:
+            raise NotDeployable(f"{self.kind} at {self.bits} bits has no 8-bit integer operator")
+        if not torch.equal(zero_point, zero_point.round()):
+            raise NotDeployable(f"{self.kind} has a fractional zero point")
+        lay = self.layout
+
+        def expand(t: torch.Tensor) -> torch.Tensor:   # [G] -> one value per entry along the axis (or a scalar)
+            t = t.detach().float().cpu()
+            return t.repeat_interleave(lay.size // lay.groups) if lay.axis is not None else t.reshape(())
+
+        return IntegerForm(expand(scale), expand(zero_point), qmin, qmax, lay.axis)
+
     # -- reconstruction (only quantizers that declare learnable_rounding / learnable_step) -------------------------
     def soft_fake(self, w: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         """w quantized with floor(w / scale) + up, up in [0, 1] per element (soft or hard rounding decision)."""
@@ -285,5 +327,6 @@ def log2_floor(x: torch.Tensor) -> torch.Tensor:
     return e + ((2.0 ** (e + 1)) <= x).to(x.dtype) - ((2.0 ** e) > x).to(x.dtype)
 
 
-__all__ = ["QUANTIZERS", "register_quantizer", "Quantizer", "Layout", "KeepsRounding", "qmax_signed", "qmin_signed",
+__all__ = ["QUANTIZERS", "register_quantizer", "Quantizer", "IntegerForm", "NotDeployable",
+           "Layout", "KeepsRounding", "qmax_signed", "qmin_signed",
            "safe_scale", "grid_candidates", "refinements", "log2_floor", "math"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from ptq.quantizers.base import (
+    IntegerForm,
     KeepsRounding,
     Quantizer,
     grid_candidates,
@@ -26,6 +27,7 @@ class UniformQuantizer(KeepsRounding, Quantizer):
     learnable_rounding = True
     learnable_step = True
     POSITIVE_KEYS = ("param", "scale")
+    integer_op = "QuantizeLinear"   # int8 codes, zero point 0 (at most 8 bits)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -48,6 +50,10 @@ class UniformQuantizer(KeepsRounding, Quantizer):
     def export(self) -> dict[str, torch.Tensor]:
         return self.with_rounding({"param": self.param.detach().clone(), "scale": self.param.detach().clone(),
                                    "code_range": torch.tensor([qmin_signed(self.bits), qmax_signed(self.bits)])})
+
+    def integer_form(self) -> IntegerForm:
+        return self._affine_form(self.param, torch.zeros_like(self.param), qmin_signed(self.bits),
+                                 qmax_signed(self.bits))
 
     # -- reconstruction -----------------------------------------------------------------------------------------
     def floor_frac(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,7 +18,15 @@ from __future__ import annotations
 
 import torch
 
-from ptq.quantizers.base import KeepsRounding, Layout, Quantizer, grid_candidates, register_quantizer, safe_scale
+from ptq.quantizers.base import (
+    IntegerForm,
+    KeepsRounding,
+    Layout,
+    Quantizer,
+    grid_candidates,
+    register_quantizer,
+    safe_scale,
+)
 from ptq.quantizers.kernels import SoftParts, soft_apply, ste_fake
 from ptq.quantizers.percentile import NO_SCORE, PERCENTILES, KeepsValues, quantile
 
@@ -57,6 +65,10 @@ class AsymmetricRounding(KeepsRounding):
         codes = torch.div(x, s).round_().add_(self.rounding).add_(z).clamp_(0, 2 ** self.bits - 1)
         return codes.sub_(z).mul_(s)
 
+    def integer_form(self) -> IntegerForm:
+        """uint8 codes 0..2^b - 1 with the zero point (integer: a fractional one is not deployable)."""
+        return self._affine_form(*self._group_params(), 0, 2 ** self.bits - 1)
+
     def floor_frac(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         s, _ = self._split(self.param, w.ndim)
         v = torch.div(w, s)
@@ -88,6 +100,7 @@ class UniformAsymQuantizer(AsymmetricRounding, KeepsValues, Quantizer):
     learnable_rounding = True
     learnable_step = True
     POSITIVE_KEYS = ("param", "scale")   # the zero point may be any value
+    integer_op = "QuantizeLinear"   # uint8 codes with an integer zero point (at most 8 bits)
 
     def __init__(self, bits: int, layout: Layout, form: str = "paper", partner: str = "quantized", **options):
         super().__init__(bits, layout, form=form, partner=partner, **options)
@@ -96,6 +109,9 @@ class UniformAsymQuantizer(AsymmetricRounding, KeepsValues, Quantizer):
 
     def _split(self, params: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.layout.expand(params, ndim), self.layout.expand(self.zero_point, ndim)
+
+    def _group_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.param, self.zero_point
 
     def from_stat(self, stat: torch.Tensor) -> torch.Tensor:
         """The percentile fit of every observed value; sets the zero point, returns the scale."""

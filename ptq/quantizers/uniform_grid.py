@@ -76,6 +76,7 @@ class UniformGridQuantizer(AsymmetricRounding, Quantizer):
     learnable_rounding = True
     learnable_step = True
     POSITIVE_KEYS = ("scale",)   # param [G, 2] holds (scale, zero point)
+    integer_op = "QuantizeLinear"   # uint8 codes with its (integer) zero point, at most 8 bits
     OPTIONS = {"z_grid": "weight", "candidates": 128, "beam": 16, "stages": 6}
 
     def __init__(self, bits: int, layout: Layout, form: str = "paper", partner: str = "quantized", **options):
@@ -96,6 +97,9 @@ class UniformGridQuantizer(AsymmetricRounding, Quantizer):
     def _split(self, params: torch.Tensor, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.layout.expand(params[..., 0].clamp(min=MIN_SCALE), ndim)
         return s, self.layout.expand(params[..., 1], ndim)
+
+    def _group_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.param[:, 0].clamp(min=MIN_SCALE), self.param[:, 1]
 
     def from_stat(self, stat: torch.Tensor | None) -> torch.Tensor:
         """Min-max start (for recipes that initialize by min-max): s = (max - min) / (2^b - 1), z = round(-min / s)."""

@@ -1,0 +1,219 @@
+"""ONNX export (ptq/export/): QDQ arithmetic against hand-built ONNX graphs in ONNX Runtime, integer kernels of a
+test-bed export, refusal of non-deployable runs, bad inputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from ptq.export.onnx_graph import ActivationQDQ, WeightDQ, write_onnx  # noqa: E402
+from ptq.export.runtime import session  # noqa: E402
+from ptq.quantizers import QUANTIZERS, Layout  # noqa: E402
+
+
+def _quantizer(kind: str, bits: int, layout: Layout, scale: torch.Tensor, zp: torch.Tensor | None = None):
+    q = QUANTIZERS[kind](bits, layout)
+    q.set_param(scale)
+    if zp is not None:
+        q.zero_point.copy_(zp)
+    q.enabled = True
+    return q
+
+
+def _inputs(scale: float, shape=(4, 6, 8), seed: int = 0) -> torch.Tensor:
+    """Random values, exact ties k + 1/2 of the scale and values far beyond the code range (saturation)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g) * 120 * scale
+    ties = (torch.randint(-140, 140, shape, generator=g) + 0.5) * scale
+    return torch.where(torch.rand(shape, generator=g) < 0.3, ties, x)
+
+
+def _ort(graph_nodes, inits, x: np.ndarray, out_shape) -> np.ndarray:
+    g = helper.make_graph(graph_nodes, "hand", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(out_shape))], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+class _Act(nn.Module):
+    def __init__(self, q):
+        super().__init__()
+        self.q = ActivationQDQ(q)
+
+    def forward(self, x):
+        return self.q(x)
+
+
+@pytest.mark.parametrize("kind,bits,zp", [("uniform", 8, None), ("uniform_asym", 8, 37.0), ("uniform", 6, None),
+                                          ("uniform_asym", 4, 3.0)])
+def test_activation_qdq_matches_hand_graph_and_simulator(tmp_path, kind, bits, zp):
+    """Per-tensor activation: the exported graph, a QuantizeLinear/DequantizeLinear graph built by hand with the
+    same scale and zero point, and the simulator give the same values (ties round half to even, saturation)."""
+    s = 0.0173
+    q = _quantizer(kind, bits, Layout(), torch.tensor([s]), torch.tensor([zp]) if zp is not None else None)
+    x = _inputs(s)
+    path = write_onnx(_Act(q), x, tmp_path / "act.onnx")
+    exported = session(path).run(None, {"image": x.numpy()})[0]
+    dtype = TensorProto.INT8 if kind == "uniform" else TensorProto.UINT8
+    lo, hi = ((-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if kind == "uniform" else (0, 2 ** bits - 1))
+    z = zp or 0.0
+    nodes = [helper.make_node("Clip", ["x", "lo", "hi"], ["xc"]),
+             helper.make_node("QuantizeLinear", ["xc", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    inits = [numpy_helper.from_array(np.array((lo - z) * s, np.float32), "lo"),
+             numpy_helper.from_array(np.array((hi - z) * s, np.float32), "hi"),
+             numpy_helper.from_array(np.array(s, np.float32), "s"),
+             helper.make_tensor("z", dtype, [], [int(z)])]
+    hand = _ort(nodes, inits, x.numpy(), x.shape)
+    sim = q(x).numpy()
+    # an independent formula: numpy's round (half to even), clip, dequantize
+    ref = ((np.clip(np.round(x.numpy() / np.float32(s)) + z, lo, hi) - z) * np.float32(s)).astype(np.float32)
+    np.testing.assert_array_equal(sim, ref)
+    np.testing.assert_array_equal(hand, ref)
+    np.testing.assert_array_equal(exported, ref)
+    assert np.any(x.numpy() / s + z > hi + 1) and np.any(x.numpy() / s + z < lo - 1)   # saturation exercised
+    assert np.any((x.numpy() / s) % 1 == 0.5)               # ties exercised
+
+
+class _Lin(nn.Module):
+    def __init__(self, qx, q, w):
+        super().__init__()
+        self.x, self.w = ActivationQDQ(qx), WeightDQ(q, w, transpose=True)
+
+    def forward(self, x):
+        return self.x(x) @ self.w()
+
+
+@pytest.mark.parametrize("kind", ["uniform", "uniform_asym"])
+def test_per_channel_weight_matches_hand_graph(tmp_path, kind):
+    """Per-output-channel weight codes with DequantizeLinear(axis=1) on the transposed weight: the exported graph
+    equals a hand-built graph of the numpy-rounded codes and the simulator's fake-quantized weight. The input is
+    quantized too, as in a deployable model (a float input makes ORT rewrite DQ -> MatMul into MatMulNBits, whose
+    arithmetic is not the simulator's)."""
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(5, 7, generator=g)
+    s = torch.rand(5, generator=g) * 0.02 + 0.005
+    zp = torch.randint(100, 150, (5,), generator=g).float() if kind == "uniform_asym" else None
+    q = _quantizer(kind, 8, Layout(-2, 5, 5), s, zp)
+    x = torch.randn(3, 7, generator=g)
+    qx = _quantizer("uniform", 8, Layout(), torch.tensor([0.02]))
+    exported = session(write_onnx(_Lin(qx, q, w), x, tmp_path / "w.onnx")).run(None, {"image": x.numpy()})[0]
+    lo, hi, dt, npdt = ((-128, 127, TensorProto.INT8, np.int8) if kind == "uniform"
+                        else (0, 255, TensorProto.UINT8, np.uint8))
+    z = (zp if zp is not None else torch.zeros(5)).numpy()
+    codes = np.clip(np.round(w.numpy() / s.numpy()[:, None]) + z[:, None], lo, hi).astype(npdt).T
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["qx"]),
+             helper.make_node("DequantizeLinear", ["qx", "sx", "zx"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["c", "s", "z"], ["wt"], axis=1),
+             helper.make_node("MatMul", ["xq", "wt"], ["y"])]
+    inits = [numpy_helper.from_array(codes, "c"), numpy_helper.from_array(s.numpy(), "s"),
+             numpy_helper.from_array(z.astype(npdt), "z"), numpy_helper.from_array(np.array(0.02, np.float32), "sx"),
+             helper.make_tensor("zx", TensorProto.INT8, [], [0])]
+    hand = _ort(nodes, inits, x.numpy(), (3, 5))
+    sim = (qx(x) @ q(w).t()).numpy()
+    np.testing.assert_allclose(exported, hand, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(exported, sim, rtol=0, atol=1e-5)
+    assert _dq_codes(tmp_path / "w.onnx").tolist() == codes.tolist()
+
+
+def _dq_codes(path) -> np.ndarray:
+    m = onnx.load(str(path))
+    ints = [numpy_helper.to_array(i) for i in m.graph.initializer
+            if i.data_type in (TensorProto.INT8, TensorProto.UINT8) and numpy_helper.to_array(i).ndim == 2]
+    return ints[0]
+
+
+def test_fractional_zero_point_and_wide_codes_are_not_deployable():
+    from ptq.quantizers.base import NotDeployable
+
+    q = _quantizer("uniform_asym", 8, Layout(), torch.tensor([0.1]), torch.tensor([3.5]))
+    with pytest.raises(NotDeployable, match="fractional zero point"):
+        q.integer_form()
+    with pytest.raises(NotDeployable, match="10 bits"):
+        _quantizer("uniform", 10, Layout(), torch.tensor([0.1])).integer_form()
+    for kind in ("twin_softmax", "log2", "log_sqrt2", "adalog_softmax", "twin_gelu"):
+        with pytest.raises(NotDeployable, match="simulation only"):
+            QUANTIZERS[kind](8, Layout()).integer_form()
+
+
+@pytest.mark.parametrize("preset", ["ptq4vit", "adalog"])
+def test_non_deployable_methods_are_refused(compose, preset):
+    """PTQ4ViT's twin softmax and AdaLog's quantizers: deployability names the slots; export refuses in one line."""
+    from ptq.errors import PTQError
+    from ptq.export import deployability, export_modules
+    from ptq.models import build_model
+    from ptq.quant import quant_ops, wrap_model
+    from ptq.quant.config import resolve_ptq_config
+
+    cfg = compose([f"quantizer={preset}", "logger=none"])
+    model = build_model(cfg.model)
+    wrap_model(model, resolve_ptq_config(cfg))
+    for op in quant_ops(model).values():
+        for q in op.quantizers().values():
+            q.initialized = True
+    rep = deployability(model)
+    assert not rep["deployable"] and "softmax" in rep["simulation_only"]
+    with pytest.raises(PTQError, match="not deployable: .*slot softmax: (twin_softmax|adalog_softmax)") as e:
+        export_modules(model)
+    assert "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def deploy_run(tmp_path_factory):
+    """A small calibrated base_ptq_deploy W8A8 run of fmnist_vit (few images, a coarse grid)."""
+    from ptq.app import run
+    from ptq.cli import compose_config
+
+    out = tmp_path_factory.mktemp("run")
+    torch.set_num_threads(1)
+    cfg = compose_config(["quantizer=base_ptq_deploy", "bits=w8a8", "logger=none", "progress=false",
+                          "data.max_test=64", "calib.n_images=4", "quantizer.search.n=4", "threads=1"])
+    res = run(cfg, out)
+    return out, res
+
+
+def test_testbed_export_runs_every_matmul_in_integer_kernels(deploy_run):
+    from ptq.export.__main__ import export_run, parity
+
+    out, res = deploy_run
+    assert res["deployability"]["deployable"] is True
+    path, cfg, model, _ = export_run(out)
+    rep = parity(path, cfg, model, max_test=64)
+    ints = sum(rep["integer_kernels"].values())
+    assert ints == rep["quantized_linears"] + rep["quantized_matmuls"] == 17 + 8
+    assert set(rep["float_kernels"]) <= {"Conv"}           # the patch conv: its image input stays float
+    assert rep["agreement_simulated"] >= 98.0
+    assert rep["max_abs_logit_diff"] < 0.5
+
+
+def test_bad_inputs_one_line_nothing_written(tmp_path, deploy_run, capsys):
+    from ptq.export.__main__ import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 2
+    out, _ = deploy_run
+    no_params = tmp_path / "no_params"
+    no_params.mkdir()
+    (no_params / "results.json").write_text((out / "results.json").read_text())
+    assert main([str(no_params)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "holds no results.json" in err[0] and "quant_params.safetensors" in err[1]
+    assert not list(empty.iterdir()) and sorted(p.name for p in no_params.iterdir()) == ["results.json"]
+    res = json.loads((out / "results.json").read_text())
+    res["config"]["quantizer"]["recipe"] = ["init_quantized_pass", "reparam_layernorm"]
+    changed = tmp_path / "changed"
+    changed.mkdir()
+    (changed / "results.json").write_text(json.dumps(res))
+    (changed / "quant_params.safetensors").write_bytes((out / "quant_params.safetensors").read_bytes())
+    assert main([str(changed)]) == 2
+    assert "changed the float weights" in capsys.readouterr().err
+    assert not (changed / "model.onnx").exists()
