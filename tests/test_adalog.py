@@ -262,7 +262,7 @@ def test_candidate_sets_equal_one_candidate_at_a_time(form, case):
     else:
         cand = torch.tensor([[s, qv] for s in scales for qv in (12.0, 37.0, 50.0, 91.0)])
     cand = cand[torch.randperm(len(cand))].unsqueeze(1)                          # [C, 1, 2], scales interleaved
-    alone = torch.stack([q.fake(x, c) for c in cand])                            # c: [1, 2], one candidate
+    alone = torch.stack([q.fake(x, c[None])[0] for c in cand])                   # c[None]: a set of one
     assert torch.equal(q.fake(x, cand), alone)
     seen = []
     for sel, values in q.fake_chunks(x, cand, step=3):
@@ -305,6 +305,101 @@ def test_beam_search_rescoring_centres_never_loses_the_best():
         if rescore:
             assert all(b >= a for a, b in zip(bests, bests[1:]))
             assert torch.equal(seen[1][:16], keep_best(seen[0], self_scores(q, x, seen[0], 8.0), 16))
+
+
+# -- the official form's float32 details (issue 22: the reference's candidates, bit for bit) -----------------------
+def _linspace_f32(n: int) -> np.ndarray:
+    """torch.linspace(0, 1, n)'s CPU rule written out in numpy float32: i step below the middle, 1 - (n-1-i) step
+    from it, step = float32(1 / (n - 1))."""
+    step = np.float32(1) / np.float32(n - 1)
+    return np.array([np.float32(i) * step if i < n // 2 else np.float32(1) - np.float32(n - 1 - i) * step
+                     for i in range(n)], dtype=np.float32)
+
+
+def test_official_grid_takes_the_reference_lower_quantile_and_linspace_fractions():
+    """Hand-made rows where the old rule (quantile at 0.1, fractions i / (S-1)) and the reference's (quantile at
+    1 - 0.9 in float32 = 0.100000024, torch.linspace fractions) give different candidate scales."""
+    w = torch.tensor([[0.0, 0.0] + [1e6] * 9])       # P_0.1 = 0; at 0.100000024: 0.24, so d_lo = 999999.75, not 1e6
+    p_low = np.float32(1) - np.float32(0.9)
+    assert float(p_low) == pytest.approx(0.100000024, abs=1e-9) and p_low != np.float32(0.1)
+    v = w[0].double().numpy()
+    for form, p in (("official", float(p_low)), ("paper", 0.1)):
+        q = QUANTIZERS["uniform_grid"](4, Layout(-2, 1, 1), form=form)   # weight grid at 4 bits: 8 z x 16 s
+        g = q.grid(w)[:16, 0, 0].numpy()
+        d_lo = np.float32(np.float32(np.quantile(v, 0.9)) - np.float32(np.quantile(v, p)))
+        d_hi = np.float32(v.max() - v.min())
+        frac = _linspace_f32(16) if form == "official" else (np.arange(16, dtype=np.float32) / np.float32(15))
+        expect = (d_lo + frac * (d_hi - d_lo)) / np.float32(15)
+        assert np.array_equal(g, expect.astype(np.float32)), form
+    official = QUANTIZERS["uniform_grid"](4, Layout(-2, 1, 1), form="official").grid(w)[:16, 0, 0]
+    paper = QUANTIZERS["uniform_grid"](4, Layout(-2, 1, 1), form="paper").grid(w)[:16, 0, 0]
+    assert (official != paper).any()
+    assert not np.array_equal(_linspace_f32(16), np.arange(16, dtype=np.float32) / np.float32(15))
+
+
+def test_official_refinement_offsets_are_linspace_and_inputs_keep_the_floor():
+    """Stage-1 children at (linspace(0, 1, e) - 1/2) delta_1 in the official form (k / (e - 1) - 1/2 in paper);
+    refined input scales never fall below 1e-4 (the reference clamps them like the grid's)."""
+    from ptq.quantizers.base import refinements
+
+    surv = torch.tensor([[[1.0, 3.0]]])                                  # one survivor (s, z)
+    delta = torch.tensor([0.3])
+    for linspace, frac in ((True, _linspace_f32(8)), (False, np.arange(8, dtype=np.float32) / np.float32(7))):
+        make, _ = refinements(delta, 8, 2, 16, linspace=linspace)[0]
+        child = make(surv)[:, 0, 0].numpy()
+        assert np.array_equal(child, np.float32(1.0) + (frac - np.float32(0.5)) * np.float32(0.3))
+    make, _ = refinements(torch.tensor([1e-3]), 8, 2, 16, floor=1e-4)[0]
+    low = make(torch.tensor([[[2e-4, 3.0]]]))[:, 0, 0]
+    assert low.min().item() == pytest.approx(1e-4) and (low >= 1e-4).all()
+    x = torch.randn(3, 40) * 1e-5                                          # tiny inputs: scales at the floor
+    q = QUANTIZERS["uniform_grid"](4, Layout(), form="official", z_grid="input")
+    for make, _keep in q.beam_plan(x)[1:]:
+        assert (make(q.grid(x)[:16])[..., 0] >= 1e-4).all()
+
+
+def test_official_post_gelu_delta_is_the_grid_spacing():
+    """delta_1 of the post-GELU refinements: s_1 - s_0 of the 16-point grid in the official form (the reference's),
+    (s_hi - s_lo) / 15 in paper; the children at (linspace(0, 1, 4) - 1/2) delta_1 (official)."""
+    torch.manual_seed(4)
+    x = torch.rand(200) * 7.3 + 0.01
+    for form in ("official", "paper"):
+        q = adalog(4, form=form, shift=GELU_SHIFT)
+        q.start(x)
+        plan = q.beam_plan(x)
+        lo, hi = q.scale_range(x)
+        s_grid = plan[1][0](plan[0][0](None)[:8])[:16, 0, 0]
+        delta = s_grid[1] - s_grid[0] if form == "official" else (hi - lo) / 15
+        frac = torch.linspace(0, 1, 4) if form == "official" else torch.arange(4.0) / 3
+        child = plan[2][0](torch.tensor([[[5.0, 37.0]]]))[:, 0, 0]
+        assert torch.equal(child, 5.0 + (frac - 0.5) * delta)
+    assert s_grid[1] - s_grid[0] != (hi - lo) / 15         # this draw: the two rules differ in the last bit
+
+
+def test_official_search_table_is_the_references():
+    """The reference dequantizes its own AdaLog search (q and (s, q) candidates) through round(t / d) d in float32
+    (t = 2^(-j/37), d = 1 / D_b, both rounded to float32), its inference through T_b: they differ by one ulp in
+    20-26 of 37 entries. The official form does the same (a candidate set: the search table; the calibrated
+    parameter: T_b); the paper form uses T_b everywhere."""
+    from ptq.quantizers.adalog import reference_search_table
+
+    for bits in BITS:
+        d = 2 ** (bits + 1) - 2
+        t = np.array([2.0 ** (-j / 37) for j in range(37)], dtype=np.float32)
+        ref = np.round(t / np.float32(1.0 / d)) * np.float32(1.0 / d)
+        assert np.array_equal(reference_search_table(bits).numpy(), ref)
+        diff = int((ref != adalog_table(bits).numpy()).sum())
+        assert 20 <= diff <= 26 and np.abs(ref - adalog_table(bits).numpy()).max() < 1e-7
+    x = torch.tensor([0.93, 0.5, 0.3])   # codes at q = 10 (4 bits): 1, 10, 17 -> table entries 10, 26, 22
+    for form in ("official", "paper"):
+        q = adalog(4, form=form)
+        cand = torch.tensor([[[1.0, 10.0]]])
+        table = reference_search_table(4) if form == "official" else adalog_table(4)
+        c = torch.round(-torch.log2(x) * 37 / 10)
+        e = torch.floor(c * 10 / 37)
+        j = (c * 10 - e * 37).long()
+        assert torch.equal(q.fake(x, cand)[0], 2.0 ** -e * table[j])
+        assert torch.equal(q.fake(x, cand[0]), 2.0 ** -e * adalog_table(4)[j])
+    assert not torch.equal(reference_search_table(4)[[10, 26, 22]], adalog_table(4)[[10, 26, 22]])
 
 
 # -- the LayerNorm reparameterization -----------------------------------------------------------------------------

@@ -12,8 +12,11 @@ scale group (one group per tensor in AdaLog): s is the clipping maximum, not a s
 
 Forms: `official` = the reference: 2^b non-zero codes plus zero by masking (2^b + 1 values), the 1e-15 floor (so
 Q(0) is about 1e-15 s, not 0, when round(49.83 r / q) < 2^b), the table in search and inference and the exact
-power while reconstruction trains. `paper` (the lab's clean form): the largest code stands for zero (a strict b-bit
-code: 2^b values), x <= 0 gives exactly 0, and the dequantization named by option `dequant` is used everywhere,
+power while reconstruction trains; its own search (a candidate set) reads the reference's search table
+(round(t / d) d in float32, within an ulp of T_b, `reference_search_table`) and its post-GELU refinements start from
+delta_1 = s_1 - s_0 with linspace fractions (issue 22: the reference's candidates bit for bit). `paper` (the
+lab's clean form): the largest code stands for zero (a strict b-bit code: 2^b values), x <= 0 gives exactly 0,
+and the dequantization named by option `dequant` is used everywhere,
 reconstruction included (its gradient through the exact power, straight-through).
 Choice left open: the reference searches the post-softmax q without the 1e-15 floor; here the floor (official) is
 the same in search and inference -- the two differ by about 1e-15 s per exact zero.
@@ -38,6 +41,15 @@ def adalog_table(bits: int, r: int = 37, dtype: torch.dtype = torch.float32, dev
     d = 2 ** (bits + 1) - 2
     j = torch.arange(r, dtype=torch.float64)
     return (torch.round(torch.pow(2.0, -j / r) * d) / d).to(dtype=dtype, device=device)
+
+
+def reference_search_table(bits: int, r: int = 37) -> torch.Tensor:
+    """The table the reference's searches use (its inference uses T_b): round(t_j / d) d evaluated in float32,
+    t_j = 2^(-j / r) and d = 1 / D_b each rounded to float32 first; within one float32 ulp of T_b[j], and equal to
+    it for 11-17 of the 37 entries."""
+    d = 1.0 / (2 ** (bits + 1) - 2)
+    t = torch.tensor([2.0 ** (-j / r) for j in range(r)], dtype=torch.float32)
+    return torch.round(t / d) * d
 
 
 def nearest_rank(sorted_values: torch.Tensor, p: float) -> torch.Tensor:
@@ -71,6 +83,9 @@ class AdaLogQuantizer(Quantizer):
         self.shift = float(o["shift"])
         self.param = torch.stack([torch.ones(layout.groups), torch.full((layout.groups,), float(self.r))], dim=1)
         self.register_buffer("table", adalog_table(bits, self.r))
+        # official: a candidate set (the quantizer's own search) is dequantized through the reference's search table
+        self.register_buffer("search_table", reference_search_table(bits, self.r) if form == "official"
+                             else self.table.clone(), persistent=False)
         self.register_buffer("folded", torch.zeros(()))
 
     # -- arithmetic ---------------------------------------------------------------------------------------------
@@ -97,22 +112,25 @@ class AdaLogQuantizer(Quantizer):
         keep = c <= self.top_code
         return c.clamp_(0, self.top_code), keep
 
-    def dequant(self, c: torch.Tensor, s: torch.Tensor, q: torch.Tensor, how: str) -> torch.Tensor:
+    def dequant(self, c: torch.Tensor, s: torch.Tensor, q: torch.Tensor, how: str,
+                search: bool = False) -> torch.Tensor:
         if how == "exact":
             return torch.pow(2.0, -c * q / self.r) * s
         k = c * q                                          # integers, exact in float32 below 2^24
         e = torch.floor(k / self.r)
         j = (k - e * self.r).long().clamp_(0, self.r - 1)
-        return torch.pow(2.0, -e) * self.table.to(s.dtype)[j] * s
+        table = self.search_table if search else self.table
+        return torch.pow(2.0, -e) * table.to(s.dtype)[j] * s
 
     def _out_shift(self) -> float:
         return 0.0 if bool(self.folded) else self.shift
 
-    def _level_tables(self, p: torch.Tensor, how: str) -> torch.Tensor:
+    def _level_tables(self, p: torch.Tensor, how: str, search: bool = False) -> torch.Tensor:
         """Every value candidate p [C, 2] can take -> [C, L + 1]: the dequant formula on its codes 0..L-1 (minus
-        the shift, once per level instead of once per value), then a zero at index L."""
+        the shift, once per level instead of once per value), then a zero at index L; `search`: of a candidate
+        set (the search table)."""
         codes = torch.arange(self.top_code + 1, dtype=p.dtype, device=p.device)
-        levels = self.dequant(codes[None, :], p[:, :1], p[:, 1:], how)                  # [C, L]
+        levels = self.dequant(codes[None, :], p[:, :1], p[:, 1:], how, search)          # [C, L]
         levels = torch.cat([levels, torch.zeros_like(levels[:, :1])], dim=1)
         return levels - self._out_shift() if self._out_shift() else levels
 
@@ -140,7 +158,8 @@ class AdaLogQuantizer(Quantizer):
                 return out
             idx = self.raw_codes(xs, self.layout.expand(params[..., 0], x.ndim),
                                  self.layout.expand(params[..., 1], x.ndim))
-            return self._gather(self._level_tables(params.reshape(-1, 2), how), idx, params.ndim > 2)
+            return self._gather(self._level_tables(params.reshape(-1, 2), how, params.ndim > 2), idx,
+                                params.ndim > 2)
         s = self.layout.expand(params[..., 0], x.ndim)
         q = self.layout.expand(params[..., 1], x.ndim)
         c, keep = self.codes(xs, s, q)
@@ -164,7 +183,7 @@ class AdaLogQuantizer(Quantizer):
         (see fake_chunks); `fake` of a candidate set assembles these, so both give the same bits."""
         p = params.reshape(-1, 2)
         lead = (-1, *([1] * xs.ndim))
-        levels = self._level_tables(p, how)
+        levels = self._level_tables(p, how, search=True)
         scales, which = torch.unique(p[:, 0], return_inverse=True)
         if len(scales) == p.shape[0]:   # every scale distinct (the refinement stages): in order, chunk by chunk
             for c0 in range(0, p.shape[0], step):
@@ -245,9 +264,13 @@ class AdaLogQuantizer(Quantizer):
             ss = s_grid[None].expand(surv.shape[0], -1, -1)
             return torch.stack([ss, qs], dim=-1).reshape(-1, *surv.shape[1:])
 
+        # official: delta_1 as the reference takes it, the difference of the first two grid scales (not the
+        # quotient, which differs in the last bits), and its linspace fractions
+        official = self.form == "official"
+        delta = s_grid[1] - s_grid[0] if official else (hi - lo) / (points - 1)
         return [(lambda _surv: self.q_candidates(self.param[:, 0]), q_beam),
                 (grid, beam if stages > 1 else 1),
-                *refinements((hi - lo) / (points - 1), e, stages - 1, beam)]
+                *refinements(delta, e, stages - 1, beam, linspace=official)]
 
     # -- state ------------------------------------------------------------------------------------------------
     def fold(self) -> float:

@@ -302,19 +302,28 @@ def grid_candidates(delta0: torch.Tensor, search) -> torch.Tensor:
     return mult[:, None] * delta0[None, :]
 
 
-def refinements(delta: torch.Tensor, e: int, count: int, beam: int) -> list[tuple]:
+def refinements(delta: torch.Tensor, e: int, count: int, beam: int, linspace: bool = False,
+                floor: float | None = None) -> list[tuple]:
     """`count` beam-refinement stages of FPCS (SPEC-adalog.md 3.4) for a plan (ptq/quant/fpcs.py): each survivor
     [W, G, K] spawns e children whose scale (column 0) moves by (k / (e - 1) - 1/2) delta_t, k = 0..e-1, the other
-    values unchanged; delta_1 = delta [G], delta_{t+1} = delta_t / (e - 1/2); keep `beam`, the last stage 1."""
+    values unchanged; delta_1 = delta [G], delta_{t+1} = delta_t / (e - 1/2); keep `beam`, the last stage 1.
+    `linspace`: the fractions k / (e - 1) as torch.linspace(0, 1, e) gives them (the reference's; some differ from
+    the quotient in the last bit); `floor`: children's scales clamped to at least this (the reference's inputs)."""
     deltas = [delta]
     for _ in range(count - 1):
         deltas.append(deltas[-1] / (e - 0.5))
-    offsets = torch.arange(e, dtype=delta.dtype, device=delta.device) / max(e - 1, 1) - 0.5
+    if linspace:
+        frac = torch.linspace(0, 1, e, dtype=delta.dtype, device=delta.device)
+    else:
+        frac = torch.arange(e, dtype=delta.dtype, device=delta.device) / max(e - 1, 1)
+    offsets = frac - 0.5
 
     def expand(t: int):
         def make(surv: torch.Tensor) -> torch.Tensor:
             child = surv[:, None].repeat(1, e, 1, 1)                                  # [W, e, G, K]
             child[..., 0] += offsets[None, :, None] * deltas[t][None, None, :]
+            if floor is not None:
+                child[..., 0].clamp_(min=floor)
             return child.reshape(-1, *surv.shape[1:])
         return make
 

@@ -16,8 +16,12 @@ Beam refinement (section 3.4): keep `beam` pairs per group; each spawns e = cand
 (s + (k / (e - 1) - 1/2) delta_t, z), delta_1 = s_1 - s_0, delta_{t+1} = delta_t / (e - 1/2), `stages` stages.
 
 Forms: `official` takes the quantiles of a tensor of more than 2^24 values as the mean over 2^k contiguous
-chunks (the reference's quantile routine refuses larger inputs; P_1 is then a mean of chunk maxima); `paper`
-takes exact quantiles. Everything else is the same arithmetic. Choice left open by the spec: a group of
+chunks (the reference's quantile routine refuses larger inputs; P_1 is then a mean of chunk maxima), and builds
+the candidates with the reference's float32 details: the lower quantile at 1 - 0.9 computed in float32
+(0.100000024, not 0.1), the fractions i / (S - 1) and k / (e - 1) as torch.linspace(0, 1, .) gives them (a few
+differ from the quotient in the last bit), refined input scales clamped to >= 1e-4 like the grid's. Each moves a
+candidate by about one float32 ulp, enough to flip near-ties of the beam search (issue 22). `paper` takes exact
+quantiles and the plain quotients. Everything else is the same arithmetic. Choice left open by the spec: a group of
 identical values (d_hi = 0) gets s = 1e-8 instead of a zero scale.
 """
 from __future__ import annotations
@@ -31,6 +35,8 @@ from ptq.quantizers.base import Layout, Quantizer, refinements, register_quantiz
 from ptq.quantizers.uniform_asym import AsymmetricRounding
 
 CHUNK_LIMIT = 2 ** 24
+# the reference's lower quantile: 1 - 0.9 evaluated in float32 (0.100000024), not 0.1 (0.1000000015 in float32)
+REFERENCE_P_LOW = float(1.0 - torch.tensor(0.9, dtype=torch.float32))
 Z_GRIDS = ("weight", "input", "conv", "weight_prefix")
 MIN_SCALE = 1e-8
 
@@ -125,12 +131,16 @@ class UniformGridQuantizer(AsymmetricRounding, Quantizer):
     def grid(self, x: torch.Tensor) -> torch.Tensor:
         """The section 3.2 candidates of operand x -> [C, G, 2], candidate k = j S + i."""
         values = self.layout.group_values(x.detach())
-        p = chunked_quantiles(values, (0.1, 0.9, 0.0, 1.0), chunk_average=self.form == "official")
+        official = self.form == "official"
+        p = chunked_quantiles(values, (REFERENCE_P_LOW if official else 0.1, 0.9, 0.0, 1.0), chunk_average=official)
         d_lo, d_hi = p[1] - p[0], p[3] - p[2]
         zc = self.z_count()
         sc = int(self.options["candidates"]) // zc
-        i = torch.arange(sc, dtype=values.dtype, device=values.device)[:, None]
-        scales = (d_lo + i / max(sc - 1, 1) * (d_hi - d_lo)) / (2 ** self.bits - 1)          # [S, G]
+        if official:   # the reference's fractions i / (S - 1): torch.linspace's (a few differ in the last bit)
+            frac = torch.linspace(0, 1, sc, dtype=values.dtype, device=values.device)[:, None]
+        else:
+            frac = torch.arange(sc, dtype=values.dtype, device=values.device)[:, None] / max(sc - 1, 1)
+        scales = (d_lo + frac * (d_hi - d_lo)) / (2 ** self.bits - 1)                        # [S, G]
         if self.options["z_grid"] == "input":
             scales = scales.clamp(min=1e-4)
         scales = scales.clamp(min=MIN_SCALE)
@@ -165,8 +175,10 @@ class UniformGridQuantizer(AsymmetricRounding, Quantizer):
         self._grid = grid
         beam, stages = int(self.options["beam"]), int(self.options["stages"])
         e = int(self.options["candidates"]) // beam
+        official = self.form == "official"
+        floor = 1e-4 if official and self.options["z_grid"] == "input" else None
         return [(lambda _surv: grid, beam if stages > 1 else 1),
-                *refinements(grid[1, :, 0] - grid[0, :, 0], e, stages - 1, beam)]
+                *refinements(grid[1, :, 0] - grid[0, :, 0], e, stages - 1, beam, linspace=official, floor=floor)]
 
     # -- state ------------------------------------------------------------------------------------------------
     def to_per_tensor(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:

@@ -95,7 +95,11 @@ class LayerSearch:
         self.fit("input", "self")
         scale, zero = q.param[:, 0].clone(), q.param[:, 1].clone()
         d_star, z_star = fold_channel_scales(norm, self.op, scale, zero, round_zero=True)
-        r, o = scale / d_star, (z_star - zero) * d_star
+        r = scale / d_star
+        if q.form == "official":   # the offset as the reference (and the LayerNorm bias fold) evaluates it
+            o = (-zero * scale) / r - (-z_star * d_star)
+        else:
+            o = (z_star - zero) * d_star
         self.cap["input"] = self.cap["input"] / r - o
         q.to_per_tensor(d_star, z_star)
 
