@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import ptq.plugins  # noqa: F401  (registers the stages that plug into every recipe: reconstruction)
 from ptq.data import build_data
 from ptq.env import environment, resolve_device
 from ptq.evaluate import agreement, evaluate_logits, kl_to_reference, top1, topk

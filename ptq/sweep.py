@@ -6,7 +6,6 @@ version) counts: a job's own untrusted file is renamed aside and the job runs ag
 ignored (it belongs to another job, which sets it aside when it runs)."""
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import traceback
@@ -16,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ptq.app import RESULTS_FILE, RESULTS_SCHEMA_VERSION, resolved_config, write_json_atomic
+from ptq.job_identity import job_identity
 from ptq.results_file import move_aside, read_results
 
 log = logging.getLogger("ptq")
@@ -27,38 +27,10 @@ def _comparable(config: dict) -> dict:
 
 
 def effective_config(config: dict) -> dict:
-    """The part of a resolved config that can change a job's numbers: the float model (quantizer.enabled false)
-    ignores bits, metric, calibration and method settings; a disabled operand slot's settings are unused (its
-    operands take the parent slot's); only a recipe with the search stage reads the metric (unless reconstruction
-    uses recon.loss=fisher), only the Hessian metric reads metric.grad, and only its `fisher` source (or
-    reconstruction with recon.loss=fisher) reads metric.fisher_draws; recon.name=none uses no other recon key. Jobs
-    with equal effective configs give equal results."""
-    from ptq.metrics import NEEDS_GRAD
-
-    c = copy.deepcopy(_comparable(config))
-    quantizer = c.get("quantizer") or {}
-    if not quantizer.get("enabled", True):
-        for key in ("bits", "metric", "calib", "recon"):
-            c.pop(key, None)
-        c["quantizer"] = {"enabled": False}
-        return c
-    for name, slot in (quantizer.get("slots") or {}).items():
-        if isinstance(slot, dict) and slot.get("enabled") is False:
-            quantizer["slots"][name] = {"enabled": False}
-    recon = c.get("recon") or {}
-    if recon.get("name", "none") == "none":  # no reconstruction: its settings are unused
-        c["recon"] = recon = {"name": "none"}
-    if "search" not in quantizer.get("recipe", ["search"]) and recon.get("loss") != "fisher":
-        c.pop("metric", None)  # only the search (or a Fisher-weighted reconstruction) reads the metric
-        return c
-    metric = c.get("metric") or {}
-    hessian = metric.get("name") in NEEDS_GRAD
-    if not hessian:  # no gradient is computed for these metrics
-        metric.pop("grad", None)
-    draws_read = (hessian and metric.get("grad") in (None, "fisher")) or c["recon"].get("loss") == "fisher"
-    if not draws_read:
-        metric.pop("fisher_draws", None)
-    return c
+    """The part of a resolved config that can change a job's numbers: the config restricted to the keys its
+    evaluation, its method's stages and slots declare they read (ptq/job_identity.py). Jobs with equal effective
+    configs give equal results."""
+    return job_identity(_comparable(config))
 
 
 def existing_results(cfg: DictConfig, out: Path | None) -> dict | None:
