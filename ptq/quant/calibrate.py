@@ -67,8 +67,9 @@ class Calibrator:
                     continue
                 with torch.enable_grad():
                     logits = self.model(xb.detach().requires_grad_(True))
+                    draws = self.pcfg.fisher_draws if grads == "fisher" else 1   # read where it counts
                     n = backward_losses(grads, logits, self.fp_logits[i:i + len(xb)], self.y[i:i + len(xb)],
-                                        self.pcfg.fisher_draws, self.generator)
+                                        draws, self.generator)
                 for op in group:
                     op.end_batch(1.0 / n)
         finally:
@@ -80,7 +81,7 @@ class Calibrator:
     def capture_layers(self, names: list[str], enabled_before: set[str]) -> dict[str, dict[str, torch.Tensor]]:
         """Operands, outputs and g^2 of `names`: ops in `enabled_before` quantized, the others float."""
         need_grad = self.pcfg.metric in NEEDS_GRAD
-        source = self.pcfg.grad
+        source = self.pcfg.grad if need_grad else None   # read only where a gradient is computed (CAPTURE_READS)
         for n, op in self.ops.items():
             op.set_enabled(n in enabled_before)
         if need_grad and source != "kl_quant":
