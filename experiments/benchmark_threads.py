@@ -43,6 +43,9 @@ def sweep(threads: str, folder: Path) -> dict:
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()   # no options; --help
     cores = available_cores()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,16 +14,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import ptq.plugins  # noqa: F401  (registers the stages that plug into every recipe: reconstruction)
 from ptq.data import build_data
 from ptq.env import environment, resolve_device
 from ptq.evaluate import agreement, evaluate_logits, kl_to_reference, top1, topk
 from ptq.models import build_model
-from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION, write_results
+from ptq.results_file import PARAMS_FILE, RESULTS_FILE, RESULTS_SCHEMA_VERSION, write_results
 from ptq.validation import validate_config
 
 log = logging.getLogger("ptq")
 
-PARAMS_FILE = "quant_params.safetensors"
 
 
 def seed_everything(seed: int) -> None:

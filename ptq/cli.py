@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+import ptq.plugins  # noqa: F401  (the plug-in stages, reconstruction: a composed config resolves with them)
 import ptq.schema  # noqa: F401  (registers the typed config schema before Hydra composes)
 from ptq.config_keys import check_known_keys
 from ptq.errors import PTQError, WriteError

@@ -7,6 +7,10 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+# The config keys the evaluation of every job reads (the model, the test data and its batches, the seed, the
+# device); ptq/job_identity.py adds them to every job's identity.
+EVALUATION_READS = ("model", "data", "eval", "seed", "device")
+
 
 @torch.no_grad()
 def evaluate_logits(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],

@@ -898,9 +898,15 @@ def failed_table(df: pd.DataFrame) -> pd.DataFrame:
                          "error": bad["error"].fillna("").map(lambda e: " ".join(str(e).split())[:200])})
 
 
+# runs.csv columns that only results written by newer code hold: left out of a report none of whose runs has them,
+# so tables of older runs regenerate unchanged
+RECENT_COLUMNS = ("deployable",)
+
+
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per job with the numbers the notebooks plot (no nested config or settings)."""
-    return df.drop(columns=list(INTERNAL_COLUMNS))
+    empty = [c for c in RECENT_COLUMNS if c in df and df[c].isna().all()]
+    return df.drop(columns=list(INTERNAL_COLUMNS) + empty)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from ptq.errors import writing
 
 log = logging.getLogger("ptq")
 RESULTS_FILE = "results.json"
+PARAMS_FILE = "quant_params.safetensors"   # a quantized run's calibrated parameters, beside its results.json
 JOB_RECORD = ".hydra"   # Hydra's record of the job that ran in a folder: overrides.yaml, config.yaml
 BOOKKEEPING_KEYS = ("force", "progress", "threads")   # settings that never change a job's results
 # Version of the results.json layout, written into every file; files without the field are version 1.

@@ -7,7 +7,6 @@ renamed aside and the job runs again; an untrusted sibling file is ignored (it b
 aside when it runs)."""
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import traceback
@@ -17,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ptq.app import resolved_config
+from ptq.job_identity import job_identity
 from ptq.results_file import BOOKKEEPING_KEYS as IGNORED_KEYS
 from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION, job_mismatch, read_results, reject, write_results
 
@@ -28,38 +28,10 @@ def _comparable(config: dict) -> dict:
 
 
 def effective_config(config: dict) -> dict:
-    """The part of a resolved config that can change a job's numbers: the float model (quantizer.enabled false)
-    ignores bits, metric, calibration and method settings; a disabled operand slot's settings are unused (its
-    operands take the parent slot's); only a recipe with the search stage reads the metric (unless reconstruction
-    uses recon.loss=fisher), only the Hessian metric reads metric.grad, and only its `fisher` source (or
-    reconstruction with recon.loss=fisher) reads metric.fisher_draws; recon.name=none uses no other recon key. Jobs
-    with equal effective configs give equal results."""
-    from ptq.metrics import NEEDS_GRAD
-
-    c = copy.deepcopy(_comparable(config))
-    quantizer = c.get("quantizer") or {}
-    if not quantizer.get("enabled", True):
-        for key in ("bits", "metric", "calib", "recon"):
-            c.pop(key, None)
-        c["quantizer"] = {"enabled": False}
-        return c
-    for name, slot in (quantizer.get("slots") or {}).items():
-        if isinstance(slot, dict) and slot.get("enabled") is False:
-            quantizer["slots"][name] = {"enabled": False}
-    recon = c.get("recon") or {}
-    if recon.get("name", "none") == "none":  # no reconstruction: its settings are unused
-        c["recon"] = recon = {"name": "none"}
-    if "search" not in quantizer.get("recipe", ["search"]) and recon.get("loss") != "fisher":
-        c.pop("metric", None)  # only the search (or a Fisher-weighted reconstruction) reads the metric
-        return c
-    metric = c.get("metric") or {}
-    hessian = metric.get("name") in NEEDS_GRAD
-    if not hessian:  # no gradient is computed for these metrics
-        metric.pop("grad", None)
-    draws_read = (hessian and metric.get("grad") in (None, "fisher")) or c["recon"].get("loss") == "fisher"
-    if not draws_read:
-        metric.pop("fisher_draws", None)
-    return c
+    """The part of a resolved config that can change a job's numbers: the config restricted to the keys its
+    evaluation, its method's stages and slots declare they read (ptq/job_identity.py). Jobs with equal effective
+    configs give equal results."""
+    return job_identity(_comparable(config))
 
 
 def existing_results(cfg: DictConfig, out: Path | None) -> dict | None:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+import ptq.plugins  # noqa: F401  (the plug-in stages, e.g. reconstruct, as run.py has them)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 

@@ -449,8 +449,8 @@ def test_adalog_calibrates_a_small_vit(compat):
     unchanged), the shift folded into fc2's bias, 2^b (+1) log levels after softmax and GELU."""
     from hydra import compose, initialize_config_dir
 
-    from ptq.quant.calibrate import quantize_model
     from ptq.quant.config import resolve_ptq_config
+    from ptq.quant.recipe import quantize_model
     from ptq.quant.wrap import quant_ops, set_quant_enabled
 
     with initialize_config_dir(config_dir=str(__import__("pathlib").Path(__file__).parents[1] / "conf"),
@@ -493,8 +493,8 @@ def test_adalog_with_its_reconstruction_preset():
     and zero points fixed, hardens the rounding, and the fold still keeps the quantized output."""
     from hydra import compose, initialize_config_dir
 
-    from ptq.quant.calibrate import quantize_model
     from ptq.quant.config import resolve_ptq_config
+    from ptq.quant.recipe import quantize_model
     from ptq.quant.wrap import quant_ops
 
     with initialize_config_dir(config_dir=str(__import__("pathlib").Path(__file__).parents[1] / "conf"),

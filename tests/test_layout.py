@@ -10,27 +10,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ptq"
 
-# Cycles being removed in parallel by the engineer "stages" (issue 24 item 1): the six-file circle inside ptq/quant
-# (modules) and ptq/quant <-> ptq/recon (packages). Each edge here is excused only while it closes one of those
-# cycles; any other cycle fails the test. TO BE REMOVED AT MERGE, together with the cycles themselves.
-ALLOWED_MODULE_CYCLE_EDGES = frozenset({
-    ("ptq.quant.calibrate", "ptq.quant.config"),
-    ("ptq.quant.calibrate", "ptq.quant.params"),
-    ("ptq.quant.calibrate", "ptq.quant.recipe"),
-    ("ptq.quant.calibrate", "ptq.quant.search"),
-    ("ptq.quant.calibrate", "ptq.quant.wrap"),
-    ("ptq.quant.config", "ptq.quant.recipe"),
-    ("ptq.quant.params", "ptq.quant.wrap"),
-    ("ptq.quant.recipe", "ptq.quant.calibrate"),
-    ("ptq.quant.recipe", "ptq.quant.config"),
-    ("ptq.quant.recipe", "ptq.quant.search"),
-    ("ptq.quant.recipe", "ptq.quant.wrap"),
-    ("ptq.quant.search", "ptq.quant.config"),
-    ("ptq.quant.wrap", "ptq.quant.config"),
-})
-ALLOWED_PACKAGE_CYCLE_EDGES = frozenset({("ptq.quant", "ptq.recon"), ("ptq.recon", "ptq.quant")})
-
-
 def module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -120,9 +99,9 @@ def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
 
 def test_ptq_import_graph_has_no_cycle():
     graph = import_graph()
-    unexpected = sorted(cycle_edges(graph) - ALLOWED_MODULE_CYCLE_EDGES)
+    unexpected = sorted(cycle_edges(graph))
     assert not unexpected, f"import cycles between modules of ptq (edges on a cycle): {unexpected}"
-    unexpected = sorted(cycle_edges(package_graph(graph)) - ALLOWED_PACKAGE_CYCLE_EDGES)
+    unexpected = sorted(cycle_edges(package_graph(graph)))
     assert not unexpected, f"import cycles between ptq's modules and subpackages (edges on a cycle): {unexpected}"
 
 

@@ -28,6 +28,7 @@ ROOT = HERE.parents[1]
 def ours(bits: int, compat: str, threads: int) -> dict:
     from hydra import compose, initialize_config_dir
 
+    import ptq.plugins  # noqa: F401  (the plug-in stages: recon)
     from ptq.data import build_data
     from ptq.evaluate import evaluate_logits
     from ptq.models import build_model

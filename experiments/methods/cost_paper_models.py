@@ -27,6 +27,7 @@ def worker(model: str, bits: int, device: str) -> dict:
     import torch
     from hydra import compose, initialize_config_dir
 
+    import ptq.plugins  # noqa: F401  (the plug-in stages: recon)
     from ptq.models import build_model
     from ptq.quant import quantize_model, resolve_ptq_config
 

@@ -8,14 +8,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptq.compensate.side import PRECISIONS
 from ptq.compensate.solver import SOLVERS
+from ptq.compensate_defaults import COMPENSATE_BY_COMPAT as BY_COMPAT
 from ptq.errors import PTQError, choices
 from ptq.schema import CompensateConfig
 
 COMPATS = ("paper", "official")
 AUGMENTATIONS = ("none", "train")
-# what null resolves to, per compat (ptq/compensate/SPEC.md: the released code's departures)
-BY_COMPAT = {"paper": {"ridge": 1e-3, "solver": "solve64", "augmentation": "none"},
-             "official": {"ridge": 0.0, "solver": "inverse32", "augmentation": "train"}}
 STAGE = "compensate"
 
 
@@ -34,11 +32,9 @@ def check_order(stages: list[str], after_reconstruct: set[str]) -> None:
                        f"(the maps are fitted to the float model, which {early[0]} changes)")
 
 
-def resolve_compensate(c: DictConfig, recipe: list[str]) -> CompensateConfig:
-    """The compensation settings as a dataclass (recorded in results.json's ptq_config); `recipe` is the method's
-    stage list, checked when it names compensate itself."""
+def resolve_compensate(c: DictConfig) -> CompensateConfig:
+    """The compensation settings as a dataclass (recorded in results.json's ptq_config)."""
     from ptq.compensate import COMPENSATORS
-    from ptq.quant.recipe import AFTER_RECONSTRUCT
 
     cc = CompensateConfig(**OmegaConf.to_container(c, resolve=True))
     if cc.name != "none" and cc.name not in COMPENSATORS:
@@ -59,11 +55,17 @@ def resolve_compensate(c: DictConfig, recipe: list[str]) -> CompensateConfig:
                           ("seed", cc.seed is None or 0 <= cc.seed < 2**32, "0..2^32-1 or null")):
         if not ok:
             raise PTQError(f"impossible compensate.{key}={getattr(cc, key)}; valid: {what}")
+    if not cc.blocks:
+        raise PTQError("impossible compensate.blocks=[]; valid: [all], or block names / indices")
+    return cc
+
+
+def check_recipe(cc: CompensateConfig, recipe: list[str]) -> None:
+    """The method's `recipe`, checked when it names compensate itself (the plug-in's recipe check)."""
+    from ptq.quant.stage import AFTER_RECONSTRUCT
+
     if STAGE in recipe:
         if cc.name == "none":
             raise PTQError("quantizer.recipe names compensate but compensate.name=none; valid: compensate=qwt|qwt_v2 "
                            "(the stage is appended by itself), or a recipe without compensate")
         check_order(list(recipe), AFTER_RECONSTRUCT)
-    if not cc.blocks:
-        raise PTQError("impossible compensate.blocks=[]; valid: [all], or block names / indices")
-    return cc

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ptq.errors import PTQError
 from ptq.quant.modules import QuantOp
+from ptq.quant.params import register_saved_state
 
 PRECISIONS = ("fp16", "fp32")
 ATTR = "compensation"
@@ -90,8 +92,13 @@ def compensation_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]
     return tensors, meta
 
 
-def restore_compensation(model: nn.Module, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Re-attach the maps of `compensation_state` to an identically wrapped model."""
+def restore_compensation(model: nn.Module, tensors: dict[str, torch.Tensor], meta: dict,
+                         setting: str | None = None) -> None:
+    """Re-attach the maps of `compensation_state` to an identically wrapped model; `setting` (the run's
+    compensate.name, None: unchecked) must match whether the file holds maps."""
+    if setting is not None and (setting != "none") != bool(meta):
+        raise PTQError(f"quantizer.load holds {len(meta)} compensation maps but this run has "
+                       f"compensate.name={setting}; valid: the compensate setting the file was saved with")
     for name, info in meta.items():
         t = {k[len(f"compensate.{name}."):]: v for k, v in tensors.items() if k.startswith(f"compensate.{name}.")}
         if info["kind"] == "linear":
@@ -100,3 +107,6 @@ def restore_compensation(model: nn.Module, tensors: dict[str, torch.Tensor], met
             side = ChannelAffine(t["gain"], t["bias"])
         device = next(model.parameters()).device
         attach(model.get_submodule(name), side.to(device))
+
+
+register_saved_state("compensate", compensation_state, restore_compensation)   # kept in quant_params.safetensors

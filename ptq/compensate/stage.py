@@ -18,21 +18,23 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from ptq.compensate.config import check_recipe, resolve_compensate
 from ptq.compensate.registry import COMPENSATORS
 from ptq.compensate.side import attach
 from ptq.errors import PTQError
 from ptq.quant.modules import QuantOp
+from ptq.quant.stage import PlugIn, register_stage
 from ptq.quant.wrap import set_quant_enabled
 from ptq.recon.stage import capture_unit
 from ptq.recon.units import find_units
 
 if TYPE_CHECKING:
-    from ptq.quant.recipe import RecipeState
+    from ptq.quant.stage import RecipeState
 
 log = logging.getLogger("ptq.compensate")
 
-# the config keys this stage reads (wired into the stage registry at merge)
-READS = ("compensate",)
+# the config keys this stage reads beyond its own group (none: the plug-in's group is read as a whole)
+READS: tuple[str, ...] = ()
 COMPENSATED_TYPES = (Block, SwinTransformerBlock)
 
 
@@ -68,6 +70,8 @@ def _float_output(block: nn.Module, x: torch.Tensor, batch_size: int) -> torch.T
         _set_block_quant(block, True)
 
 
+@register_stage("compensate", reads=READS, plugin=PlugIn("compensate", resolve_compensate, order=1,
+                                                         check_recipe=check_recipe))
 def compensate(state: RecipeState) -> None:
     """The stage (see the module docstring); rows per block go to the report's `compensation`."""
     cc, model = state.pcfg.compensate, state.model

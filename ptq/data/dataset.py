@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ptq.compensate_defaults import COMPENSATE_BY_COMPAT
 from ptq.errors import PTQError, choices
 
 DATASETS = ("fmnist", "imagenet")
@@ -73,10 +74,8 @@ def _comp_indices(cfg, n_train: int) -> np.ndarray | None:
 
 
 def _comp_augmentation(cfg) -> str:
-    from ptq.compensate.config import BY_COMPAT
-
     comp = cfg.compensate
-    return comp.augmentation if comp.augmentation is not None else BY_COMPAT[comp.compat]["augmentation"]
+    return comp.augmentation if comp.augmentation is not None else COMPENSATE_BY_COMPAT[comp.compat]["augmentation"]
 
 
 def seeded(seed: int, fn: Callable[[], list]) -> list:

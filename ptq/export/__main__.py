@@ -24,12 +24,11 @@ PARITY_FILE = "export.json"
 
 def rebuild_run(run_dir: Path):
     """(config, calibrated model) of a finished quantized run."""
-    from ptq.app import PARAMS_FILE
     from ptq.models import build_model
     from ptq.quant import load_quant_params, wrap_model
     from ptq.quant.config import resolve_ptq_config
-    from ptq.quant.recipe import TRANSFORMING_STAGES
-    from ptq.results_file import RESULTS_FILE, read_results
+    from ptq.quant.stage import TRANSFORMING_STAGES
+    from ptq.results_file import PARAMS_FILE, RESULTS_FILE, read_results
 
     if not (run_dir / RESULTS_FILE).is_file():
         raise PTQError(f"{run_dir} holds no {RESULTS_FILE}; valid: a finished run folder")

@@ -1,58 +1,21 @@
-"""`quantize_model`: wrap a float timm model, run the method's recipe on the calibration batch, enable the
-quantizers.
-
-The recipe (`quantizer.recipe`, stages in ptq/quant/recipe.py) of BasePTQ and PTQ4ViT (spec section 5):
-1. `init_minmax`: initialize every quantizer with min-max parameters (one float pass);
-2. `search`: capture, per group of layers bounded by `capture_mb`, each layer's float operands, float output and,
-   for the Hessian metric, the squared loss gradient at its output -- once, reused by every round; parallel mode:
-   every layer sees float inputs; sequential mode: a layer sees the outputs of the already quantized layers before
-   it (one capture per layer); then search each layer (ptq.quant.search) in module order, a log line per layer;
-then every quantizer is enabled (finalize).
-"""
+"""The calibrator: holds the calibration batch and runs the passes over the wrapped model that the recipe stages
+ask for (ptq/quant/stages/): min-max observation, and captures of layers' float operands, outputs and, for the
+Hessian metric, the squared loss gradient at their outputs (ptq/quant/gradients.py). The engine below the stages;
+the entry point is ptq/quant/recipe.py (`quantize_model`)."""
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ptq.metrics import NEEDS_GRAD
-from ptq.quant.config import PTQConfig
-from ptq.quant.gradients import backward_losses
+from ptq.quant.calib_report import CalibReport
+from ptq.quant.gradients import backward_losses, gradient_reads
+from ptq.quant.method import PTQConfig
 from ptq.quant.modules import QuantOp
-from ptq.quant.search import OpResult
-from ptq.quant.wrap import quant_ops, wrap_model
 
-
-@dataclass
-class CalibReport:
-    layers: list[OpResult] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
-    passes: int = 0
-    stages: list[str] = field(default_factory=list)
-    reconstruction: dict = field(default_factory=dict)   # the `reconstruct` stage's per-unit rows (ptq/recon/)
-    compensation: dict = field(default_factory=dict)     # the `compensate` stage's per-block rows (ptq/compensate/)
-
-    def records(self) -> list[dict]:
-        """One row per searched operand (its last round): layer, operand, quantizer, chosen parameter (compact),
-        score, the layer's search seconds; what W&B shows as the calibration table."""
-        rows = []
-        for layer in self.layers:
-            last = {s.operand: s for s in layer.steps}
-            for s in last.values():
-                p = s.param
-                param = [round(v, 6) for v in p] if len(p) <= 4 else {
-                    "min": round(min(p), 6), "mean": round(sum(p) / len(p), 6), "max": round(max(p), 6), "n": len(p)}
-                rows.append({"layer": layer.name, "operand": s.operand, "quantizer": s.quantizer, "param": param,
-                             "score": s.score, "candidates": s.n_candidates, "seconds": round(layer.seconds, 3)})
-        return rows
-
-    def summary(self) -> dict:
-        return {"layers": len(self.layers), "capture_passes": self.passes, "stages": self.stages,
-                "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
-                "search_seconds_per_layer": {r.name: round(r.seconds, 3) for r in self.layers},
-                "records": self.records(), **({"reconstruction": self.reconstruction} if self.reconstruction else {}),
-                **({"compensation": self.compensation} if self.compensation else {})}
+# The config keys a capture reads (`capture_layers`): the layer order of the mode, the capture budget, the batches,
+# the metric and, for a metric that needs one, its gradient. Stages that capture declare them (ptq/quant/stage.py).
+CAPTURE_READS = ("calib.mode", "calib.capture_mb", "calib.batch_size", "metric.name", gradient_reads)
 
 
 class Calibrator:
@@ -104,8 +67,9 @@ class Calibrator:
                     continue
                 with torch.enable_grad():
                     logits = self.model(xb.detach().requires_grad_(True))
+                    draws = self.pcfg.fisher_draws if grads == "fisher" else 1   # read where it counts
                     n = backward_losses(grads, logits, self.fp_logits[i:i + len(xb)], self.y[i:i + len(xb)],
-                                        self.pcfg.fisher_draws, self.generator)
+                                        draws, self.generator)
                 for op in group:
                     op.end_batch(1.0 / n)
         finally:
@@ -117,7 +81,7 @@ class Calibrator:
     def capture_layers(self, names: list[str], enabled_before: set[str]) -> dict[str, dict[str, torch.Tensor]]:
         """Operands, outputs and g^2 of `names`: ops in `enabled_before` quantized, the others float."""
         need_grad = self.pcfg.metric in NEEDS_GRAD
-        source = self.pcfg.grad
+        source = self.pcfg.grad if need_grad else None   # read only where a gradient is computed (CAPTURE_READS)
         for n, op in self.ops.items():
             op.set_enabled(n in enabled_before)
         if need_grad and source != "kl_quant":
@@ -145,27 +109,4 @@ class Calibrator:
         return sizes
 
 
-def quantize_model(model: nn.Module, pcfg: PTQConfig, calib_x: torch.Tensor, calib_y: torch.Tensor,
-                   device: torch.device | str = "cpu", progress: bool = True,
-                   recon_data: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   comp_data: tuple[torch.Tensor, torch.Tensor] | None = None) -> CalibReport:
-    """Quantize `model` in place with the method `pcfg`, calibrated on (calib_x, calib_y), reconstructed on
-    recon_data when `pcfg.recon` asks for it; returns a report.
-    With `pcfg.load` set, the saved parameters are loaded instead of calibrating."""
-    device = torch.device(device)
-    model.eval().to(device)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    ops = wrap_model(model, pcfg)
-    model.to(device)
-    if pcfg.load:
-        from ptq.quant.params import load_quant_params
-
-        load_quant_params(model, pcfg.load, compensate=pcfg.compensate.name)
-        return CalibReport(seconds={"total": 0.0})
-    from ptq.quant.recipe import run_recipe
-
-    return run_recipe(model, ops, pcfg, calib_x, calib_y, device, progress, recon_data, comp_data)
-
-
-__all__ = ["quantize_model", "CalibReport", "Calibrator", "quant_ops"]
+__all__ = ["Calibrator", "CalibReport", "CAPTURE_READS"]

@@ -1,24 +1,31 @@
-"""`PTQConfig`: the fully resolved description of one quantization method (torchao style: a config object per
-method, applied by `quantize_model`).
+"""`resolve_ptq_config`: the composed config -> `PTQConfig` (ptq/quant/method.py), the fully resolved description
+of one quantization method (torchao style: a config object per method, applied by `quantize_model`).
 
 Built from the typed `quantizer`, `metric`, `bits` and `calib` groups (ptq/schema.py holds every key and its
 default, once); every `null` there is resolved here from `compat` (paper | official), so results record concrete
 values. Slots are resolved against the quantizer registry: the quantizer's name, the granularities the slot's
 role allows, bits, the form and search partner (null: from compat and what the quantizer declares) and the
-quantizer's own options (checked against the options it declares).
+quantizer's own options (checked against the options it declares). The recipe's stages are checked against the
+stage registry (ptq/quant/stage.py; every method's stages: ptq/quant/stages/); each plug-in stage's group (e.g.
+`recon`) is resolved by the plug-in's own `resolve` into the PTQConfig field of that name, so the plug-ins
+(ptq/plugins.py) must be imported before a config is resolved.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass
 
 from omegaconf import DictConfig, OmegaConf
 
+import ptq.quant.stages  # noqa: F401  (every method's stages registers itself)
 from ptq.errors import PTQError, choices
+from ptq.metrics import METRICS
 from ptq.quant.first_last import apply_first_last
 from ptq.quant.gradients import GRAD_SOURCES
+from ptq.quant.method import PTQConfig
 from ptq.quant.slots import GRANULARITIES, SLOTS, SlotSpec, effective_slot
-from ptq.schema import CALIB_MODES, CompensateConfig, ReconConfig, SearchConfig
+from ptq.quant.stage import STAGES, TRANSFORMING_STAGES, plugins
+from ptq.quantizers import QUANTIZERS
+from ptq.schema import CALIB_MODES, SearchConfig
 
 COMPAT = ("paper", "official")
 PARTNERS = ("quantized", "float")
@@ -27,37 +34,6 @@ PARTNERS = ("quantized", "float")
 GRAD_BY_COMPAT = {"paper": "fisher", "official": "kl_self"}
 INCLUDE_BETA_BY_COMPAT = {"paper": True, "official": False}
 MIN_BITS, MAX_BITS = 2, 16
-
-
-@dataclass
-class PTQConfig:
-    """A resolved method. No defaults here: every value comes from the composed config (`resolve_ptq_config`)."""
-
-    name: str
-    enabled: bool
-    compat: str
-    w_bits: int
-    a_bits: int
-    recipe: list[str]
-    slots: dict[str, SlotSpec]       # every slot of ptq/quant/slots.py, resolved to the spec its operands use
-    metric: str
-    grad: str
-    fisher_draws: int
-    mode: str
-    n_images: int
-    batch_size: int
-    chunk_mb: float | None
-    capture_mb: float
-    fast_paths: bool
-    seed: int
-    search: SearchConfig
-    load: str | None
-    recon: ReconConfig               # block reconstruction after the recipe (name none: off)
-    compensate: CompensateConfig     # closed-form compensation after that (name none: off)
-    first_last: int | None = None    # bits.first_last (ptq/quant/first_last.py); None: off
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _check(name: str, value, valid) -> None:
@@ -74,8 +50,6 @@ def _bits(key: str, v) -> int:
 def resolve_slots(slots: DictConfig, compat: str, w_bits: int, a_bits: int,
                   first_last: int | None = None) -> dict[str, SlotSpec]:
     """Every slot's spec after fallback to parents, each setting validated (PTQError naming the key)."""
-    from ptq.quantizers import QUANTIZERS
-
     own: dict[str, SlotSpec] = {}
     for name, kind in SLOTS.items():
         s, key = slots[name], f"quantizer.slots.{name}"
@@ -104,9 +78,6 @@ def resolve_slots(slots: DictConfig, compat: str, w_bits: int, a_bits: int,
 
 def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
     """Validate and resolve the method described by `cfg` (raises PTQError naming the bad value)."""
-    from ptq.metrics import METRICS
-    from ptq.quant.recipe import STAGES, TRANSFORMING_STAGES
-
     q, m, b, c = cfg.quantizer, cfg.metric, cfg.bits, cfg.calib
     _check("quantizer.compat", q.compat, COMPAT)
     w_bits, a_bits = _bits("bits.w", b.w), _bits("bits.a", b.a)
@@ -131,15 +102,18 @@ def resolve_ptq_config(cfg: DictConfig) -> PTQConfig:
                            f"quantizer.load=null (recalibrate)")
     first_last = _bits("bits.first_last", b.first_last) if b.get("first_last") is not None else None
     slots = resolve_slots(q.slots, q.compat, w_bits, a_bits, first_last) if q.enabled else {}
-    from ptq.recon.config import resolve_recon
-
-    recon = resolve_recon(cfg.recon)
-    from ptq.compensate.config import resolve_compensate
-
-    compensate = resolve_compensate(cfg.compensate, recipe)
-    return PTQConfig(name=q.name, enabled=bool(q.enabled), compat=q.compat, w_bits=w_bits, a_bits=a_bits,
-                     recipe=recipe, slots=slots, metric=m.name, grad=grad, fisher_draws=m.fisher_draws, mode=c.mode,
-                     n_images=c.n_images, batch_size=c.batch_size,
-                     chunk_mb=float(c.chunk_mb) if c.chunk_mb else None, capture_mb=float(c.capture_mb),
-                     fast_paths=bool(c.fast_paths), seed=c.seed, search=search, load=q.load, recon=recon,
-                     compensate=compensate, first_last=first_last)
+    own = dict(name=q.name, enabled=bool(q.enabled), compat=q.compat, w_bits=w_bits, a_bits=a_bits, recipe=recipe,
+               slots=slots, metric=m.name, grad=grad, fisher_draws=m.fisher_draws, mode=c.mode, n_images=c.n_images,
+               batch_size=c.batch_size, chunk_mb=float(c.chunk_mb) if c.chunk_mb else None,
+               capture_mb=float(c.capture_mb), fast_paths=bool(c.fast_paths), seed=c.seed, search=search, load=q.load,
+               first_last=first_last)
+    # the plug-in stages' groups (recon), each resolved by its plug-in
+    own.update({s.plugin.group: s.plugin.resolve(cfg[s.plugin.group]) for s in plugins()})
+    for s in plugins():   # a plug-in that refuses some recipe orders (compensation before AdaLog's fold_shift)
+        if s.plugin.check_recipe is not None:
+            s.plugin.check_recipe(own[s.plugin.group], list(recipe))
+    missing = sorted({f.name for f in dataclasses.fields(PTQConfig)} - set(own))
+    if missing:
+        raise RuntimeError(f"no plug-in stage registered for the config group {missing[0]}; import ptq.plugins "
+                           f"(it registers the plug-in stages) before resolving a config")
+    return PTQConfig(**own)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ptq.metrics import NEEDS_GRAD
+
 GRAD_SOURCES = ("kl_self", "kl_quant", "pseudo_ce", "label_ce", "fisher")
 
 
@@ -37,3 +39,13 @@ def backward_losses(source: str, logits: torch.Tensor, fp_logits: torch.Tensor, 
             F.cross_entropy(logits, y, reduction="sum").backward(retain_graph=k < draws - 1)
         return draws
     raise ValueError(f"unknown gradient source '{source}'; valid: {', '.join(GRAD_SOURCES)}")
+
+
+def gradient_reads(config: dict) -> list[str]:
+    """The metric settings a capture for the job `config` reads: the gradient source only for a metric that needs
+    a gradient (the Hessian metric), the number of draws only for the `fisher` source (or a null source, which
+    resolves from quantizer.compat)."""
+    metric = config.get("metric") or {}
+    if metric.get("name") not in NEEDS_GRAD:
+        return []
+    return ["metric.grad"] + (["metric.fisher_draws"] if metric.get("grad") in (None, "fisher") else [])

@@ -6,6 +6,8 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,15 +28,32 @@ def quant_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, meta
 
 
+@dataclass(frozen=True)
+class SavedState:
+    """State a plug-in keeps beside the quantizer parameters (ptq/compensate/: its maps), saved and restored with
+    them: `save(model) -> (tensors, meta)`, `restore(model, tensors, meta, setting)` where `setting` is the run's
+    `<group>.name` (None: not checked) and `tensors` every tensor of the file."""
+
+    save: Callable[[nn.Module], tuple[dict[str, torch.Tensor], dict]]
+    restore: Callable[[nn.Module, dict[str, torch.Tensor], dict, str | None], None]
+
+
+SAVED_STATES: dict[str, SavedState] = {}   # metadata key (the plug-in's config group) -> its state
+
+
+def register_saved_state(group: str, save, restore) -> None:
+    SAVED_STATES[group] = SavedState(save, restore)
+
+
 def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
-    from ptq.compensate.side import compensation_state
-
     tensors, meta = quant_state(model)
-    comp_tensors, comp_meta = compensation_state(model)   # closed-form compensation maps (ptq/compensate/)
-    tensors.update(comp_tensors)
-    md = {"quantizers": json.dumps(meta), "compensate": json.dumps(comp_meta)}
+    md = {"quantizers": json.dumps(meta)}
+    for group, state in SAVED_STATES.items():
+        extra, extra_meta = state.save(model)
+        tensors.update(extra)
+        md[group] = json.dumps(extra_meta)
     md.update(metadata or {})
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")  # unique: concurrent saves
@@ -50,9 +69,9 @@ def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, st
             raise
 
 
-def load_quant_params(model: nn.Module, path: str | Path, compensate: str | None = None) -> None:
+def load_quant_params(model: nn.Module, path: str | Path, settings: dict[str, str] | None = None) -> None:
     """Load parameters saved by `save_quant_params` into an identically wrapped model and enable quantization;
-    `compensate` (the run's compensate.name) must match whether the file holds compensation maps.
+    each plug-in's saved state (SAVED_STATES) is restored and checked against the run's `settings` ({group: name}).
     Every tensor must be finite, every key a quantizer restores present and every step (its POSITIVE_KEYS) > 0,
     in the file and as restored; else one PTQError naming the file and the key."""
     from safetensors import safe_open
@@ -65,7 +84,7 @@ def load_quant_params(model: nn.Module, path: str | Path, compensate: str | None
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("quantizers", "{}"))
-            comp_meta = json.loads((f.metadata() or {}).get("compensate", "{}"))
+            extra_meta = {group: json.loads((f.metadata() or {}).get(group, "{}")) for group in SAVED_STATES}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise PTQError(f"quantizer.load={path} is not a saved quantizer-parameter file ({type(e).__name__})") from None
@@ -92,12 +111,8 @@ def load_quant_params(model: nn.Module, path: str | Path, compensate: str | None
             _check_values(path, saved, q.POSITIVE_KEYS, f"{key}.")
             q.restore(saved)
             _check_values(path, q.export(), q.POSITIVE_KEYS, f"{key}.", " as restored")
-    from ptq.compensate.side import restore_compensation
-
-    if compensate is not None and (compensate != "none") != bool(comp_meta):
-        raise PTQError(f"quantizer.load={path} holds {len(comp_meta)} compensation maps but this run has "
-                       f"compensate.name={compensate}; valid: the compensate setting the file was saved with")
-    restore_compensation(model, tensors, comp_meta)
+    for group, state in SAVED_STATES.items():
+        state.restore(model, tensors, extra_meta[group], (settings or {}).get(group))
     set_quant_enabled(model, True)
 
 

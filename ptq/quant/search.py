@@ -8,33 +8,15 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
 
 import torch
 
-from ptq.quant.config import PTQConfig
+from ptq.quant.calib_report import OpResult, StepResult
 from ptq.quant.fast_paths import mse_shortcut
+from ptq.quant.method import PTQConfig
 from ptq.quant.modules import QuantOp
 
 log = logging.getLogger("ptq.calib")
-
-
-@dataclass
-class StepResult:
-    operand: str
-    round: int
-    best_index: list[int]
-    score: float
-    n_candidates: int
-    quantizer: str = ""
-    param: list[float] = field(default_factory=list)   # the chosen parameter, one value per scale group
-
-
-@dataclass
-class OpResult:
-    name: str
-    seconds: float = 0.0
-    steps: list[StepResult] = field(default_factory=list)
 
 
 def _chunks(op: QuantOp, operand: str, cap: dict[str, torch.Tensor], n_cand: int, chunk_mb: float) -> tuple[int, int]:

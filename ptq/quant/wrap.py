@@ -4,7 +4,10 @@ Every nn.Linear becomes a `QLinear`, the patch-embedding conv a `QConv2d`, and e
 q @ k^T and attn @ v through `QMatMul`s. Each operand belongs to a slot (ptq/quant/slots.py), found from the
 model's structure (attention qkv, Mlp fc1 / fc2 after GELU, patch merging, the classifier); the slot's resolved
 spec names the quantizer, granularity, bits and options. Quantizers start disabled; the recipe's stages
-(ptq/quant/recipe.py) initialize, search and enable them.
+(ptq/quant/stages/) initialize, search and enable them.
+
+The wrap reads the operand slots (`slot_reads`): an enabled slot's every setting, of a disabled one only that it is
+disabled (its operands take the parent slot's spec).
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from torch import nn
 
 from ptq.errors import PTQError
 from ptq.quant.attention import QuantViTAttention, QuantWindowAttention
-from ptq.quant.config import PTQConfig
+from ptq.quant.method import PTQConfig
 from ptq.quant.modules import QConv2d, QLinear, QMatMul, QuantOp
 from ptq.quant.slots import SLOTS, layout_for
 from ptq.quantizers import QUANTIZERS, Quantizer
@@ -102,3 +105,11 @@ def quant_ops(model: nn.Module) -> OrderedDict[str, QuantOp]:
 def set_quant_enabled(model: nn.Module, enabled: bool) -> None:
     for op in quant_ops(model).values():
         op.set_enabled(enabled)
+
+
+def slot_reads(config: dict) -> list[str]:
+    """The quantizer.slots keys that wrapping (and so the quantizers) reads in the job `config`: every setting of
+    an enabled slot; of a disabled slot only `enabled` (its operands use the parent slot)."""
+    slots = (config.get("quantizer") or {}).get("slots") or {}
+    return [f"quantizer.slots.{name}" + (".enabled" if isinstance(s, dict) and s.get("enabled") is False else "")
+            for name, s in slots.items()]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +22,13 @@ from tqdm import tqdm
 
 from ptq.errors import PTQError
 from ptq.quant.gradients import backward_losses
+from ptq.quant.stage import PlugIn, RecipeState, register_stage
 from ptq.quant.wrap import set_quant_enabled
 from ptq.recon.adaround import annealed_b, cosine_lr
+from ptq.recon.config import resolve_recon
 from ptq.recon.learnable import install
 from ptq.recon.units import find_units
-
-if TYPE_CHECKING:
-    from ptq.quant.recipe import RecipeState
-    from ptq.schema import ReconConfig
+from ptq.schema import ReconConfig
 
 log = logging.getLogger("ptq.recon")
 
@@ -172,6 +170,13 @@ def reconstruct_unit(name: str, unit: nn.Module, rc: ReconConfig, fp_in: list[to
     return row
 
 
+def _fisher_draws(config: dict) -> list[str]:
+    return ["metric.fisher_draws"] if (config.get("recon") or {}).get("loss") == "fisher" else []
+
+
+# A plug-in stage: joins every method's recipe when recon.name is not none (and reads the whole recon group then).
+@register_stage("reconstruct", reads=("calib.seed", "calib.batch_size", _fisher_draws),
+                plugin=PlugIn("recon", resolve_recon))
 def reconstruct(state: RecipeState) -> None:
     """The stage: every unit of the model in execution order (see the module docstring)."""
     rc, model = state.pcfg.recon, state.model

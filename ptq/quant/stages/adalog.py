@@ -40,8 +40,9 @@ from ptq.quant.fast_paths import mse_shortcut
 from ptq.quant.fpcs import beam_search as run_beam
 from ptq.quant.fpcs import self_scores
 from ptq.quant.modules import QLinear, QMatMul, QuantOp
-from ptq.quant.recipe import RecipeState, captured_layers, register_stage
 from ptq.quant.search import OpResult, StepResult, evaluate_candidates
+from ptq.quant.stage import RecipeState, register_stage
+from ptq.quant.stages.base import SEARCH_READS, captured_layers
 from ptq.quant.stages.repq import fold_channel_scales, layernorm_linear_pairs
 from ptq.quantizers import Quantizer
 
@@ -137,7 +138,7 @@ class LayerSearch:
         return self.result
 
 
-@register_stage("beam_search")
+@register_stage("beam_search", reads=SEARCH_READS)
 def beam_search(state: RecipeState) -> None:
     """Capture each layer's float operands and output once, then run its pipeline (module docstring)."""
     pcfg = state.pcfg

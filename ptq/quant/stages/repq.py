@@ -26,7 +26,7 @@ from torch import nn
 from ptq.errors import PTQError
 from ptq.models.outliers import norm_linear_pairs
 from ptq.quant.modules import QLinear
-from ptq.quant.recipe import RecipeState, register_stage
+from ptq.quant.stage import RecipeState, register_stage
 from ptq.quantizers import Quantizer
 
 log = logging.getLogger("ptq.calib")
@@ -38,7 +38,7 @@ def _init_on_first(q: Quantizer, args: tuple) -> None:
         q.initialize(args[0])
 
 
-@register_stage("init_quantized_pass")
+@register_stage("init_quantized_pass", reads=())   # its slots and bits only (read by every job)
 def init_quantized_pass(state: RecipeState) -> None:
     """One quantized forward pass of the whole calibration batch; each quantizer initializes on its first input."""
     lo, hi = BITS_RANGE
