@@ -31,9 +31,10 @@ def effective_config(config: dict) -> dict:
     """The part of a resolved config that can change a job's numbers: the float model (quantizer.enabled false)
     ignores bits, metric, calibration and method settings; a disabled operand slot's settings are unused (its
     operands take the parent slot's); only a recipe with the search stage reads the metric (unless reconstruction
-    uses recon.loss=fisher), only the Hessian metric reads metric.grad, and only its `fisher` source (or
-    reconstruction with recon.loss=fisher) reads metric.fisher_draws; recon.name=none uses no other recon key. Jobs
-    with equal effective configs give equal results."""
+    uses a Fisher loss), only the Hessian metric reads metric.grad, and only its `fisher` source (or a
+    reconstruction loss that reads it, ptq/recon/losses) reads metric.fisher_draws; recon.name=none uses no other
+    recon key, and a loss none of the recon.loss_* keys it does not read. Jobs with equal effective configs give
+    equal results."""
     from ptq.metrics import NEEDS_GRAD
 
     c = copy.deepcopy(_comparable(config))
@@ -49,14 +50,19 @@ def effective_config(config: dict) -> dict:
     recon = c.get("recon") or {}
     if recon.get("name", "none") == "none":  # no reconstruction: its settings are unused
         c["recon"] = recon = {"name": "none"}
-    if "search" not in quantizer.get("recipe", ["search"]) and recon.get("loss") != "fisher":
+    from ptq.recon.losses.base import LOSS_KEYS, reads
+    for key in LOSS_KEYS:   # recon.loss_* keys the chosen loss does not read
+        if not reads(recon.get("loss", "mse"), key):
+            recon.pop(key, None)
+    if "search" not in quantizer.get("recipe", ["search"]) and not reads(recon.get("loss", "mse"), "fisher_draws"):
         c.pop("metric", None)  # only the search (or a Fisher-weighted reconstruction) reads the metric
         return c
     metric = c.get("metric") or {}
     hessian = metric.get("name") in NEEDS_GRAD
     if not hessian:  # no gradient is computed for these metrics
         metric.pop("grad", None)
-    draws_read = (hessian and metric.get("grad") in (None, "fisher")) or c["recon"].get("loss") == "fisher"
+    draws_read = (hessian and metric.get("grad") in (None, "fisher")) or reads(c["recon"].get("loss", "mse"),
+                                                                               "fisher_draws")
     if not draws_read:
         metric.pop("fisher_draws", None)
     return c

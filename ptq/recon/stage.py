@@ -1,11 +1,12 @@
 """The `reconstruct` recipe stage: unit by unit in execution order, learn rounding and step sizes, then harden.
 
 Per unit: one pass over the reconstruction images with every quantizer off captures the float unit's inputs and
-output (and, for loss=fisher, the squared task-loss gradient at its output: labels drawn from the float model's
-softmax, normalized to mean 1); with inputs=quantized a second pass with every quantizer on captures the inputs the
-quantized model gives the unit (the units before it already reconstructed: BRECQ). Then `iters` Adam steps on a
-fresh random batch each: loss = rec_scale * sum over dim 1, mean over the others, of the (weighted) squared error
-to the float output (the head: KL of the softmaxes with head_loss=kl) + reg_lambda * sum(1 - |2h - 1|^b) after
+output, and what the loss `recon.loss` needs at the output (ptq/recon/losses/; fisher: the squared task-loss
+gradient, labels drawn from the float model's softmax, normalized to mean 1); with inputs=quantized a second pass
+with every quantizer on captures the inputs the quantized model gives the unit (the units before it already
+reconstructed: BRECQ). Then `iters` Adam steps on a fresh random batch each: loss = the loss's criterion (mse:
+rec_scale * sum over dim 1, mean over the others, of the squared error to the float output; the head: KL of the
+softmaxes with head_loss=kl) + reg_lambda * sum(1 - |2h - 1|^b) after
 warm-up. QDrop (drop_prob > 0): each element of the unit's input is the float one with probability drop_prob, and
 inside the unit each activation stays float with that probability. At the end the rounding is hardened into the
 weight quantizers (`rounding`) and the learned steps become their `param`.
@@ -26,6 +27,8 @@ from ptq.quant.gradients import backward_losses
 from ptq.quant.wrap import set_quant_enabled
 from ptq.recon.adaround import annealed_b, cosine_lr
 from ptq.recon.learnable import install
+from ptq.recon.losses import get_recon_loss
+from ptq.recon.losses.base import CaptureContext, Criterion, squared_error
 from ptq.recon.units import find_units
 
 if TYPE_CHECKING:
@@ -95,10 +98,7 @@ def output_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     if kl:
         logp = F.log_softmax(target, -1)
         return scale * (logp.exp() * (logp - F.log_softmax(out, -1))).sum(-1).mean()
-    err = (out - target).square()
-    if weight is not None:
-        err = err * weight
-    return scale * err.sum(1).mean()
+    return squared_error(out, target, weight, scale)
 
 
 @torch.no_grad()
@@ -121,7 +121,7 @@ def _train_inputs(rc: ReconConfig, fp_in: list[torch.Tensor], q_in: list[torch.T
 
 
 def reconstruct_unit(name: str, unit: nn.Module, rc: ReconConfig, fp_in: list[torch.Tensor],
-                     q_in: list[torch.Tensor] | None, target: torch.Tensor, weight: torch.Tensor | None, kl: bool,
+                     q_in: list[torch.Tensor] | None, target: torch.Tensor, criterion: Criterion,
                      generator: torch.Generator, progress: bool) -> dict:
     """Optimize one unit (its quantizers enabled) and harden it; returns its report row."""
     t0 = time.time()
@@ -143,7 +143,7 @@ def reconstruct_unit(name: str, unit: nn.Module, rc: ReconConfig, fp_in: list[to
             idx = torch.randperm(n, generator=generator)[:rc.batch_size].to(target.device)
             with torch.enable_grad():
                 out = unit(*_train_inputs(rc, fp_in, q_in, idx))
-                rec = output_loss(out, target[idx], weight[idx] if weight is not None else None, kl, rc.rec_scale)
+                rec = criterion(out, target[idx], idx)
                 b = annealed_b(t, rc.iters, rc.warmup, rc.b_start, rc.b_end)
                 loss = rec
                 if b is not None and rounding:
@@ -191,16 +191,19 @@ def reconstruct(state: RecipeState) -> None:
     rows = []
     for name, unit in units:
         set_quant_enabled(model, False)
-        draws = state.pcfg.fisher_draws if rc.loss == "fisher" else 0
-        fp_in, target, weight = capture_unit(model, unit, x, capture_bs, draws, generator)
+        kl = rc.head_loss == "kl" and unit is head
+        loss = get_recon_loss(rc.loss)
+        fp_in, target, stats = loss.capture(CaptureContext(model, unit, x, capture_bs, generator, rc,
+                                                           state.pcfg.fisher_draws))
         q_in = None
         if rc.inputs == "quantized":
             set_quant_enabled(model, True)
             q_in, _, _ = capture_unit(model, unit, x, capture_bs)
         set_quant_enabled(model, True)
-        kl = rc.head_loss == "kl" and unit is head
-        rows.append(reconstruct_unit(name, unit, rc, fp_in, q_in, target, weight, kl, generator, state.progress))
-        del fp_in, q_in, target, weight
+        criterion = (lambda o, t, i: output_loss(o, t, None, True, rc.rec_scale)) if kl else \
+            loss.criterion(stats, rc)
+        rows.append(reconstruct_unit(name, unit, rc, fp_in, q_in, target, criterion, generator, state.progress))
+        del fp_in, q_in, target, stats
     set_quant_enabled(model, True)
     state.report.reconstruction = {
         "name": rc.name, "unit": rc.unit, "iters": rc.iters, "images": len(x), "units": rows,
