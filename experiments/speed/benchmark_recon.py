@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import importlib.machinery
 import importlib.util
+import inspect
 import json
 import os
 import subprocess
@@ -55,6 +56,7 @@ def worker(mode: str, method: str, iters: int, max_test: int) -> dict:
     from ptq.models import build_model
     from ptq.quant import quantize_model, resolve_ptq_config
     from ptq.quant.wrap import set_quant_enabled
+    from ptq.recon import stage
     from ptq.recon.stage import capture_unit, reconstruct_unit
     from ptq.recon.units import find_units
 
@@ -88,9 +90,17 @@ def worker(mode: str, method: str, iters: int, max_test: int) -> dict:
     rc = dataclasses.replace(pcfg.recon, iters=iters, eval_images=32)
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
-    row = reconstruct_unit("blocks.1", unit, rc, fp_in, q_in, target, None, False, g, False)
+    row = reconstruct_unit("blocks.1", unit, rc, fp_in, q_in, target, *mse_args(stage, rc), g, False)
     dt = time.perf_counter() - t0
     return {"ms_per_iter": round(1e3 * dt / iters, 2), "mse_after": row["mse_after"], "hash": params_hash(model)}
+
+
+def mse_args(stage, rc) -> tuple:
+    """The loss arguments of `stage.reconstruct_unit` for plain output MSE, in that code version's signature: a
+    criterion (the loss registry, ptq/recon/losses/) or the older (weight, kl) pair."""
+    if "criterion" in inspect.signature(stage.reconstruct_unit).parameters:
+        return (lambda out, target, idx: stage.output_loss(out, target, None, False, rc.rec_scale),)
+    return (None, False)
 
 
 def _ptq_modules() -> dict:
@@ -167,7 +177,8 @@ def unit_side_by_side(codes: list[Code], method: str, iters: int, chunk: int, ro
             with code as m:
                 rcc = dataclasses.replace(rc, iters=chunk, eval_images=32)
                 t0 = time.perf_counter()
-                m["ptq.recon.stage"].reconstruct_unit("blocks.1", scratch, rcc, fp_in, q_in, target, None, False,
+                m["ptq.recon.stage"].reconstruct_unit("blocks.1", scratch, rcc, fp_in, q_in, target,
+                                                      *mse_args(m["ptq.recon.stage"], rcc),
                                                       torch.Generator().manual_seed(r), False)
                 if r:
                     times[code.name].append(1e3 * (time.perf_counter() - t0) / chunk)
@@ -176,7 +187,7 @@ def unit_side_by_side(codes: list[Code], method: str, iters: int, chunk: int, ro
         model, unit, rc, fp_in, q_in, target = setups[code.name]
         with code as m:
             res = m["ptq.recon.stage"].reconstruct_unit("blocks.1", unit, dataclasses.replace(rc, iters=iters),
-                                                        fp_in, q_in, target, None, False,
+                                                        fp_in, q_in, target, *mse_args(m["ptq.recon.stage"], rc),
                                                         torch.Generator().manual_seed(0), False)
             h = params_hash(model)
         t = sorted(times[code.name])

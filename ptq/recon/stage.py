@@ -1,11 +1,12 @@
 """The `reconstruct` recipe stage: unit by unit in execution order, learn rounding and step sizes, then harden.
 
 Per unit: one pass over the reconstruction images with every quantizer off captures the float unit's inputs and
-output (and, for loss=fisher, the squared task-loss gradient at its output: labels drawn from the float model's
-softmax, normalized to mean 1); with inputs=quantized a second pass with every quantizer on captures the inputs the
-quantized model gives the unit (the units before it already reconstructed: BRECQ). Then `iters` Adam steps on a
-fresh random batch each: loss = rec_scale * sum over dim 1, mean over the others, of the (weighted) squared error
-to the float output (the head: KL of the softmaxes with head_loss=kl) + reg_lambda * sum(1 - |2h - 1|^b) after
+output, and what the loss `recon.loss` needs at the output (ptq/recon/losses/; fisher: the squared task-loss
+gradient, labels drawn from the float model's softmax, normalized to mean 1); with inputs=quantized a second pass
+with every quantizer on captures the inputs the quantized model gives the unit (the units before it already
+reconstructed: BRECQ). Then `iters` Adam steps on a fresh random batch each: loss = the loss's criterion (mse:
+rec_scale * sum over dim 1, mean over the others, of the squared error to the float output; the head: KL of the
+softmaxes with head_loss=kl) + reg_lambda * sum(1 - |2h - 1|^b) after
 warm-up. QDrop (drop_prob > 0): each element of the unit's input is the float one with probability drop_prob, and
 inside the unit each activation stays float with that probability. At the end the rounding is hardened into the
 weight quantizers (`rounding`) and the learned steps become their `param`.
@@ -27,6 +28,9 @@ from ptq.quant.wrap import set_quant_enabled
 from ptq.recon.adaround import annealed_b, cosine_lr
 from ptq.recon.config import resolve_recon
 from ptq.recon.learnable import install
+from ptq.recon.losses import get_recon_loss
+from ptq.recon.losses.base import CaptureContext, Criterion, squared_error
+from ptq.recon.losses.base import reads as loss_reads
 from ptq.recon.units import find_units
 from ptq.schema import ReconConfig
 
@@ -93,10 +97,7 @@ def output_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     if kl:
         logp = F.log_softmax(target, -1)
         return scale * (logp.exp() * (logp - F.log_softmax(out, -1))).sum(-1).mean()
-    err = (out - target).square()
-    if weight is not None:
-        err = err * weight
-    return scale * err.sum(1).mean()
+    return squared_error(out, target, weight, scale)
 
 
 @torch.no_grad()
@@ -119,7 +120,7 @@ def _train_inputs(rc: ReconConfig, fp_in: list[torch.Tensor], q_in: list[torch.T
 
 
 def reconstruct_unit(name: str, unit: nn.Module, rc: ReconConfig, fp_in: list[torch.Tensor],
-                     q_in: list[torch.Tensor] | None, target: torch.Tensor, weight: torch.Tensor | None, kl: bool,
+                     q_in: list[torch.Tensor] | None, target: torch.Tensor, criterion: Criterion,
                      generator: torch.Generator, progress: bool) -> dict:
     """Optimize one unit (its quantizers enabled) and harden it; returns its report row."""
     t0 = time.time()
@@ -143,7 +144,7 @@ def reconstruct_unit(name: str, unit: nn.Module, rc: ReconConfig, fp_in: list[to
             inst.set_exponent(b)    # the rounding regularizer is computed in the forward, from the same sigmoid
             with torch.enable_grad():
                 out = unit(*_train_inputs(rc, fp_in, q_in, idx))
-                rec = output_loss(out, target[idx], weight[idx] if weight is not None else None, kl, rc.rec_scale)
+                rec = criterion(out, target[idx], idx)
                 loss = rec
                 if b is not None and rounding:
                     loss = rec + rc.reg_lambda * sum(m.regularizer(b) for m in rounding)
@@ -171,7 +172,8 @@ def reconstruct_unit(name: str, unit: nn.Module, rc: ReconConfig, fp_in: list[to
 
 
 def _fisher_draws(config: dict) -> list[str]:
-    return ["metric.fisher_draws"] if (config.get("recon") or {}).get("loss") == "fisher" else []
+    """metric.fisher_draws where the reconstruction loss reads it (its declaration, ptq/recon/losses/)."""
+    return ["metric.fisher_draws"] if loss_reads((config.get("recon") or {}).get("loss", "mse"), "fisher_draws") else []
 
 
 # A plug-in stage: joins every method's recipe when recon.name is not none (and reads the whole recon group then).
@@ -197,16 +199,19 @@ def reconstruct(state: RecipeState) -> None:
     rows = []
     for name, unit in units:
         set_quant_enabled(model, False)
-        draws = state.pcfg.fisher_draws if rc.loss == "fisher" else 0
-        fp_in, target, weight = capture_unit(model, unit, x, capture_bs, draws, generator)
+        kl = rc.head_loss == "kl" and unit is head
+        loss = get_recon_loss(rc.loss)
+        fp_in, target, stats = loss.capture(CaptureContext(model, unit, x, capture_bs, generator, rc,
+                                                           state.pcfg.fisher_draws))
         q_in = None
         if rc.inputs == "quantized":
             set_quant_enabled(model, True)
             q_in, _, _ = capture_unit(model, unit, x, capture_bs)
         set_quant_enabled(model, True)
-        kl = rc.head_loss == "kl" and unit is head
-        rows.append(reconstruct_unit(name, unit, rc, fp_in, q_in, target, weight, kl, generator, state.progress))
-        del fp_in, q_in, target, weight
+        criterion = (lambda o, t, i: output_loss(o, t, None, True, rc.rec_scale)) if kl else \
+            loss.criterion(stats, rc)
+        rows.append(reconstruct_unit(name, unit, rc, fp_in, q_in, target, criterion, generator, state.progress))
+        del fp_in, q_in, target, stats
     set_quant_enabled(model, True)
     state.report.reconstruction = {
         "name": rc.name, "unit": rc.unit, "iters": rc.iters, "images": len(x), "units": rows,
