@@ -31,6 +31,7 @@ GRIDS = {
     "components_adalog": ({"model", "bits", "quantizer", "quantizer.slots.softmax.quantizer"}, 4),
     "recon": ({"model", "quantizer", "recon", "bits", "calib.seed"}, 36),
     "compensation": ({"model", "quantizer", "compensate", "bits", "calib.seed"}, 108),
+    "recon_losses": ({"model", "quantizer", "recon.loss", "bits", "calib.seed"}, 96),
 }
 # Job folder names: the overrides, and for the outlier grid its profile (a group override would put a slash in).
 SUBDIRS = {"outliers": "${short_dirname:'${hydra.job.override_dirname},outliers=${model.outliers.profile}'}"}
