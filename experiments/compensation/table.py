@@ -5,8 +5,8 @@ agreement and KL to float, the maps kept, parameters and MACs per image added, a
 """
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -35,4 +35,6 @@ def main(folders: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="+", help="sweep folders holding <job>/results.json")
+    main(parser.parse_args().folders)

@@ -80,6 +80,7 @@ class PlugIn:
     order: int = 0
     off: str = "none"
     check_recipe: Callable[[Any, list[str]], None] | None = None   # (resolved value, method's recipe): refuse orders
+    reads_group: bool = True   # False: the stage's `reads` name which keys of its group it reads (not all of them)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class StageSpec:
         keys: list[str] = []
         for r in self.reads:
             keys.extend([r] if isinstance(r, str) else r(config))
-        if self.plugin is not None:
+        if self.plugin is not None and self.plugin.reads_group:
             keys.append(self.plugin.group)
         return keys
 

@@ -22,14 +22,14 @@ from torch import nn
 from tqdm import tqdm
 
 from ptq.errors import PTQError
-from ptq.quant.gradients import backward_losses
 from ptq.quant.stage import PlugIn, RecipeState, register_stage
 from ptq.quant.wrap import set_quant_enabled
 from ptq.recon.adaround import annealed_b, cosine_lr
+from ptq.recon.capture import capture_unit
 from ptq.recon.config import resolve_recon
 from ptq.recon.learnable import install
 from ptq.recon.losses import get_recon_loss
-from ptq.recon.losses.base import CaptureContext, Criterion, squared_error
+from ptq.recon.losses.base import LOSS_KEYS, CaptureContext, Criterion, squared_error
 from ptq.recon.losses.base import reads as loss_reads
 from ptq.recon.units import find_units
 from ptq.schema import ReconConfig
@@ -37,57 +37,6 @@ from ptq.schema import ReconConfig
 log = logging.getLogger("ptq.recon")
 
 
-class _Stop(Exception):
-    """Ends a capture pass once the unit has run (nothing after it is needed)."""
-
-
-Captured = tuple[list[torch.Tensor], torch.Tensor, "torch.Tensor | None"]
-
-
-def capture_unit(model: nn.Module, unit: nn.Module, x: torch.Tensor, batch_size: int, fisher_draws: int = 0,
-                 generator: torch.Generator | None = None) -> Captured:
-    """The unit's positional tensor inputs and its output over all of x (and g^2 at the output when fisher_draws
-    > 0), with the model's quantizers as they are."""
-    ins: list[tuple[torch.Tensor, ...]] = []
-    outs: list[torch.Tensor] = []
-    grads: list[torch.Tensor] = []
-
-    def hook(mod, args, out):
-        ins.append(tuple(a.detach() for a in args if isinstance(a, torch.Tensor)))
-        outs.append(out.detach())
-        if not fisher_draws:
-            raise _Stop
-        out = out.detach().requires_grad_(True)
-        out.register_hook(lambda g: grads.append(g.detach().square()))
-        return out
-
-    handle = unit.register_forward_hook(hook)
-    g2: list[torch.Tensor] = []
-    try:
-        for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size]
-            if fisher_draws:
-                with torch.enable_grad():
-                    logits = model(xb)
-                    n = backward_losses("fisher", logits, logits.detach(), torch.empty(0), fisher_draws, generator)
-                g2.append(torch.stack(grads[-n:]).mean(0))
-                grads.clear()
-            else:
-                try:
-                    with torch.no_grad():
-                        model(xb)
-                except _Stop:
-                    pass
-    finally:
-        handle.remove()
-    if len(outs) * batch_size < len(x):
-        raise PTQError(f"reconstruction unit {type(unit).__name__} did not run once per batch")
-    inputs = [torch.cat([b[k] for b in ins]) for k in range(len(ins[0]))]
-    weight = None
-    if g2:
-        weight = torch.cat(g2)
-        weight = weight / weight.mean().clamp(min=1e-30)
-    return inputs, torch.cat(outs), weight
 
 
 def output_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, kl: bool,
@@ -176,9 +125,16 @@ def _fisher_draws(config: dict) -> list[str]:
     return ["metric.fisher_draws"] if loss_reads((config.get("recon") or {}).get("loss", "mse"), "fisher_draws") else []
 
 
-# A plug-in stage: joins every method's recipe when recon.name is not none (and reads the whole recon group then).
-@register_stage("reconstruct", reads=("calib.seed", "calib.batch_size", _fisher_draws),
-                plugin=PlugIn("recon", resolve_recon))
+def _recon_keys(config: dict) -> list[str]:
+    """The recon group's keys but the recon.loss_* options its loss does not read (ptq/recon/losses/)."""
+    recon = config.get("recon") or {}
+    loss = recon.get("loss", "mse")
+    return [f"recon.{k}" for k in recon if k not in LOSS_KEYS or loss_reads(loss, k)] or ["recon"]
+
+
+# A plug-in stage: joins every method's recipe when recon.name is not none (and reads the recon group then).
+@register_stage("reconstruct", reads=("calib.seed", "calib.batch_size", _fisher_draws, _recon_keys),
+                plugin=PlugIn("recon", resolve_recon, reads_group=False))
 def reconstruct(state: RecipeState) -> None:
     """The stage: every unit of the model in execution order (see the module docstring)."""
     rc, model = state.pcfg.recon, state.model
@@ -201,8 +157,8 @@ def reconstruct(state: RecipeState) -> None:
         set_quant_enabled(model, False)
         kl = rc.head_loss == "kl" and unit is head
         loss = get_recon_loss(rc.loss)
-        fp_in, target, stats = loss.capture(CaptureContext(model, unit, x, capture_bs, generator, rc,
-                                                           state.pcfg.fisher_draws))
+        draws = state.pcfg.fisher_draws if loss_reads(rc.loss, "fisher_draws") else 0   # read only where declared
+        fp_in, target, stats = loss.capture(CaptureContext(model, unit, x, capture_bs, generator, rc, draws))
         q_in = None
         if rc.inputs == "quantized":
             set_quant_enabled(model, True)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ptq.errors import PTQError, choices
+from ptq.recon.capture import capture_unit
 
 Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 NEEDS = ("nothing", "squared_gradients", "gradient_samples", "hessian_diagonal")
@@ -75,8 +76,6 @@ def squared_error(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor 
 
 def float_capture(ctx: CaptureContext, fisher_draws: int = 0):
     """The unit's inputs and float output (and BRECQ's g^2 weight when fisher_draws > 0): the stage's capture."""
-    from ptq.recon.stage import capture_unit  # the stage imports this package
-
     return capture_unit(ctx.model, ctx.unit, ctx.x, ctx.batch_size, fisher_draws, ctx.generator)
 
 
