@@ -22,10 +22,9 @@ from ptq.compensate.config import check_recipe, resolve_compensate
 from ptq.compensate.registry import COMPENSATORS
 from ptq.compensate.side import attach
 from ptq.errors import PTQError
-from ptq.quant.modules import QuantOp
 from ptq.quant.stage import PlugIn, register_stage
 from ptq.quant.wrap import set_quant_enabled
-from ptq.recon.stage import capture_unit
+from ptq.recon.capture import capture_unit
 from ptq.recon.units import find_units
 
 if TYPE_CHECKING:
@@ -55,19 +54,13 @@ def compensable_blocks(model: nn.Module, example: torch.Tensor, wanted: list[str
     return [(n, m) for n, m in blocks if n in picked]
 
 
-def _set_block_quant(block: nn.Module, enabled: bool) -> None:
-    for m in block.modules():
-        if isinstance(m, QuantOp):
-            m.set_enabled(enabled)
-
-
 @torch.no_grad()
 def _float_output(block: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    _set_block_quant(block, False)
+    set_quant_enabled(block, False)
     try:
         return torch.cat([block(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
     finally:
-        _set_block_quant(block, True)
+        set_quant_enabled(block, True)
 
 
 @register_stage("compensate", reads=READS, plugin=PlugIn("compensate", resolve_compensate, order=1,

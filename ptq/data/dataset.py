@@ -44,22 +44,26 @@ def fmnist_train_transform():
     return v2.Compose([v2.RandomResizedCrop(28, scale=(0.08, 1.0), antialias=True), v2.RandomHorizontalFlip(0.5)])
 
 
+def _permutation_slice(n_train: int, start: int, n_images: int, seed: int, key: str, before: str) -> np.ndarray:
+    """Positions start..start + n_images of the calibration permutation (RandomState(seed)); `key` and `before`
+    (what the first `start` images are) word the error when the train split is too small."""
+    if start + n_images > n_train:
+        raise PTQError(f"{key}={n_images} is impossible: the train split holds {n_train} images and {start} "
+                       f"{before}; valid: 1..{n_train - start}")
+    return np.random.RandomState(seed).permutation(n_train)[start:start + n_images]
+
+
 def reconstruction_indices(n_train: int, n_calib: int, n_images: int, seed: int) -> np.ndarray:
     """The block-reconstruction images: the next `n_images` of the calibration permutation, so disjoint from the
     calibration images and drawn with the same seed."""
-    if n_calib + n_images > n_train:
-        raise PTQError(f"recon.n_images={n_images} is impossible: the train split holds {n_train} images and "
-                       f"{n_calib} are calibration images; valid: 1..{n_train - n_calib}")
-    return np.random.RandomState(seed).permutation(n_train)[n_calib:n_calib + n_images]
+    return _permutation_slice(n_train, n_calib, n_images, seed, "recon.n_images", "are calibration images")
 
 
 def compensation_indices(n_train: int, start: int, n_images: int, seed: int) -> np.ndarray:
     """The compensation images: `n_images` of the calibration permutation from position `start` (distinct: after
     the calibration and reconstruction images; else 0, overlapping them)."""
-    if start + n_images > n_train:
-        raise PTQError(f"compensate.n_images={n_images} is impossible: the train split holds {n_train} images and "
-                       f"{start} come before them in the permutation; valid: 1..{n_train - start}")
-    return np.random.RandomState(seed).permutation(n_train)[start:start + n_images]
+    return _permutation_slice(n_train, start, n_images, seed, "compensate.n_images",
+                              "come before them in the permutation")
 
 
 def _comp_indices(cfg, n_train: int) -> np.ndarray | None:
