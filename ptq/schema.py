@@ -187,6 +187,7 @@ class CompensateConfig:
     ptq/compensate/SPEC.md). Nulls are resolved from `compat`."""
 
     name: str = "none"               # none | qwt (x @ W + b side path) | qwt_v2 (per-channel affine on the output)
+    #                                  | erq (per-layer ridge weight update and rounding refinement)
     compat: str = "paper"            # paper | official: the released QwT code's departures (SPEC.md)
     n_images: int = 512              # train images the maps are fitted on (all their tokens)
     augmentation: str | None = None  # none | train (crop, flip, RandAugment m9; SPEC.md); null: paper none,
@@ -202,6 +203,15 @@ class CompensateConfig:
     precision: str = "fp16"          # the side path's matmul at inference: fp16 (QwT's) | fp32; never quantized
     blocks: list[str] = field(default_factory=lambda: ["all"])  # all | block names (blocks.0) or indices (0)
     batch_size: int = 32             # images per forward while capturing block inputs and outputs
+    # ERQ (compensate=erq; ptq/compensate/erq.py, SPEC.md): ridge weights lambda = 0.1 * coe on the raw Gram of a
+    # layer's token input, head_lambda for a pooled (head) input, conv_lambda (null: coe) in the patch embedding's
+    # second step; the rounding refinement's iterations and rows per group (memory only); two_part: not implemented
+    coe: float = 20000.0
+    head_lambda: float = 0.1
+    conv_lambda: float | None = None
+    iterations: int = 100
+    rows_per_group: int = 500
+    two_part: bool = False
 
 
 @dataclass

@@ -137,13 +137,21 @@ def test_compensation_lowers_the_error_is_recorded_and_round_trips(compose, tmp_
 
 def test_zero_effect_compensation_leaves_logits_unchanged(compose, monkeypatch):
     """Quantizers off (every op float): Y_fp - Y_q = 0, each block's R^2 is 0, nothing is attached, logits equal."""
+    cfg, m, x, comp = _setup(compose, "compensate=qwt")
+    state, ref = run_stage_with_quantizers_off(compose, monkeypatch, cfg, m, x, comp)
+    assert all(r["r2"] == 0.0 and not r["kept"] for r in state.report.compensation["blocks"])
+    assert not attached(m) and torch.equal(_logits(m, comp[0]), ref)
+
+
+def run_stage_with_quantizers_off(compose, monkeypatch, cfg, m, x, comp):
+    """Calibrate m (BasePTQ min-max), switch every quantizer off for good, run the `compensate` stage of `cfg` on it;
+    returns the stage's state and the logits on the compensation images before the stage."""
     from ptq.compensate.stage import compensate
     from ptq.quant.calibrate import Calibrator
     from ptq.quant.modules import QuantOp
     from ptq.quant.recipe import RecipeState
     from ptq.quant.wrap import quant_ops
 
-    cfg, m, x, comp = _setup(compose, "compensate=qwt")
     pcfg = resolve_ptq_config(cfg)
     quantize_model(m, resolve_ptq_config(compose([*CALIB, "model=fmnist_vit"])), x, comp[1][:8], progress=False)
     set_enabled = QuantOp.set_enabled
@@ -153,8 +161,7 @@ def test_zero_effect_compensation_leaves_logits_unchanged(compose, monkeypatch):
     state = RecipeState(m, quant_ops(m), pcfg, Calibrator(m, quant_ops(m), pcfg, x, comp[1][:8], torch.device("cpu")),
                         torch.device("cpu"), False, comp_data=comp)
     compensate(state)
-    assert all(r["r2"] == 0.0 and not r["kept"] for r in state.report.compensation["blocks"])
-    assert not attached(m) and torch.equal(_logits(m, comp[0]), ref)
+    return state, ref
 
 
 def test_r2_gate_drops_maps_at_or_below_the_threshold(compose):
@@ -201,7 +208,7 @@ def test_stage_order(compose):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["compensate=qwt", "compensate.name=qwt3"], r"unknown compensate.name=qwt3; valid: none, qwt, qwt_v2"),
+    (["compensate=qwt", "compensate.name=qwt3"], r"unknown compensate.name=qwt3; valid: erq, none, qwt, qwt_v2"),
     (["compensate=qwt_v2", "compensate.compat=official"], r"compensate.compat=official does not exist for "
                                                           r"compensate.name=qwt_v2"),
     (["compensate=qwt", "compensate.compat=exact"], r"unknown compensate.compat=exact"),

@@ -52,11 +52,22 @@ def resolve_compensate(c: DictConfig) -> CompensateConfig:
                           ("batch_size", cc.batch_size >= 1, "an integer >= 1"),
                           ("ridge", cc.ridge >= 0, "a number >= 0"),
                           ("r2_gate", cc.r2_gate < 1, "a number < 1 (R^2 is at most 1)"),
-                          ("seed", cc.seed is None or 0 <= cc.seed < 2**32, "0..2^32-1 or null")):
+                          ("seed", cc.seed is None or 0 <= cc.seed < 2**32, "0..2^32-1 or null"),
+                          ("coe", cc.coe >= 0, "a number >= 0"),
+                          ("head_lambda", cc.head_lambda >= 0, "a number >= 0"),
+                          ("conv_lambda", cc.conv_lambda is None or cc.conv_lambda >= 0, "a number >= 0 or null"),
+                          ("iterations", cc.iterations >= 0, "an integer >= 0"),
+                          ("rows_per_group", cc.rows_per_group >= 1, "an integer >= 1")):
         if not ok:
             raise PTQError(f"impossible compensate.{key}={getattr(cc, key)}; valid: {what}")
     if not cc.blocks:
         raise PTQError("impossible compensate.blocks=[]; valid: [all], or block names / indices")
+    if cc.two_part:
+        raise PTQError("compensate.two_part=true (ERQ's two-part weight quantizer for qkv / fc1) is not implemented "
+                       "yet; valid: compensate.two_part=false")
+    if cc.name == "erq" and list(cc.blocks) != ["all"]:
+        raise PTQError(f"compensate.blocks={list(cc.blocks)} is not supported by compensate.name=erq (it edits "
+                       f"every quantized linear); valid: [all]")
     return cc
 
 
@@ -66,6 +77,7 @@ def check_recipe(cc: CompensateConfig, recipe: list[str]) -> None:
 
     if STAGE in recipe:
         if cc.name == "none":
-            raise PTQError("quantizer.recipe names compensate but compensate.name=none; valid: compensate=qwt|qwt_v2 "
-                           "(the stage is appended by itself), or a recipe without compensate")
+            raise PTQError("quantizer.recipe names compensate but compensate.name=none; valid: "
+                           "compensate=qwt|qwt_v2|erq (the stage is appended by itself), or a recipe without "
+                           "compensate")
         check_order(list(recipe), AFTER_RECONSTRUCT)

@@ -2,8 +2,9 @@
 
 A compensator declares `compat` (the forms it has: a method without reference code has only `paper`), fits from
 (x, y_fp, y_q) -- the block input on the quantized-and-compensated stream, the float and the quantized block
-outputs on that same input, all tokens as rows (ptq/compensate/side.py saves and rebuilds the maps). ERQ would be
-one more file registering `erq` plus conf/compensate/erq.yaml.
+outputs on that same input, all tokens as rows (ptq/compensate/side.py saves and rebuilds the maps). A compensator
+that `edits_weights` (ERQ, ptq/compensate/erq.py) adds no side path: the stage hands it the whole model
+(`compensate_model`), and side.py saves the weights it replaced.
 """
 from __future__ import annotations
 
@@ -29,8 +30,13 @@ class Fit:
 class Compensator:
     name: str = ""
     compat: tuple[str, ...] = ("paper", "official")
+    edits_weights: bool = False   # True: `compensate_model` runs instead of the per-block `fit`
 
     def fit(self, x: torch.Tensor, y_fp: torch.Tensor, y_q: torch.Tensor, cc: CompensateConfig) -> Fit:
+        raise NotImplementedError
+
+    def compensate_model(self, model: nn.Module, x_all: torch.Tensor, cc: CompensateConfig) -> dict:
+        """(edits_weights only) compensate the whole model in place; returns the report's `compensation`."""
         raise NotImplementedError
 
 

@@ -4,6 +4,8 @@ A side path is a child module `compensation` of the block plus a forward hook th
 so no quantized op changes its name (saved parameter files keep their keys). It acts only while the block's
 quantizers are on: with every quantizer off the model is the float model again (what reconstruction, the
 compensate stage itself and the float evaluation rely on).
+A compensator that edits weights (ERQ) adds no side path; the weights and biases it replaced are saved here too
+(kind `weights`), beside the hardened rounding its weight quantizers save themselves.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from ptq.quant.params import register_saved_state
 
 PRECISIONS = ("fp16", "fp32")
 ATTR = "compensation"
+EDITED = "_ptq_erq_edited"   # marks a layer whose weights a compensator replaced (ERQ)
+WEIGHTS = "weights"          # the saved kind of such a layer
 
 
 def _quantized(block: nn.Module) -> bool:
@@ -82,13 +86,24 @@ def attached(model: nn.Module) -> dict[str, SidePath]:
     return {name: getattr(m, ATTR) for name, m in model.named_modules() if isinstance(getattr(m, ATTR, None), SidePath)}
 
 
+def edited_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Every layer whose float weights a compensator replaced (ERQ), by name."""
+    return {name: m for name, m in model.named_modules() if getattr(m, EDITED, False)}
+
+
 def compensation_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors under `compensate.<block>.<tensor>` and {block: kind} of every attached map (for the parameter file)."""
+    """Tensors under `compensate.<block>.<tensor>` and {block: kind} of every attached map, and the replaced weight
+    and bias of every edited layer (kind `weights`; its hardened rounding is the weight quantizer's own state)."""
     tensors, meta = {}, {}
     for name, side in attached(model).items():
         for k, v in side.export().items():
             tensors[f"compensate.{name}.{k}"] = v
         meta[name] = {"kind": side.kind, **({"precision": side.precision} if isinstance(side, LinearSide) else {})}
+    for name, layer in edited_layers(model).items():
+        for k in ("weight", "bias"):
+            if getattr(layer, k, None) is not None:
+                tensors[f"compensate.{name}.{k}"] = getattr(layer, k).detach().float().cpu().clone().contiguous()
+        meta[name] = {"kind": WEIGHTS}
     return tensors, meta
 
 
@@ -101,12 +116,26 @@ def restore_compensation(model: nn.Module, tensors: dict[str, torch.Tensor], met
                        f"compensate.name={setting}; valid: the compensate setting the file was saved with")
     for name, info in meta.items():
         t = {k[len(f"compensate.{name}."):]: v for k, v in tensors.items() if k.startswith(f"compensate.{name}.")}
+        if info["kind"] == WEIGHTS:
+            _restore_weights(model.get_submodule(name), t)
+            continue
         if info["kind"] == "linear":
             side: SidePath = LinearSide(t["weight"], t["bias"], info.get("precision", "fp16"))
         else:
             side = ChannelAffine(t["gain"], t["bias"])
         device = next(model.parameters()).device
         attach(model.get_submodule(name), side.to(device))
+
+
+@torch.no_grad()
+def _restore_weights(layer: nn.Module, t: dict[str, torch.Tensor]) -> None:
+    for k, v in t.items():
+        own = getattr(layer, k, None)
+        if own is None or own.shape != v.shape:
+            raise PTQError(f"quantizer.load holds compensated {k} {tuple(v.shape)} for a layer without one of that "
+                           f"shape; valid: the file of this model and method")
+        own.copy_(v.to(own))
+    setattr(layer, EDITED, True)
 
 
 register_saved_state("compensate", compensation_state, restore_compensation)   # kept in quant_params.safetensors

@@ -79,6 +79,9 @@ def compensate(state: RecipeState) -> None:
     t0 = time.time()
     comp = COMPENSATORS[cc.name]
     x_all = data[0].to(state.device)
+    if comp.edits_weights:   # ERQ: layer by layer on the whole model, no side paths
+        state.report.compensation = comp.compensate_model(model, x_all, cc)
+        return
     set_quant_enabled(model, False)
     blocks = compensable_blocks(model, x_all[:1], cc.blocks)
     set_quant_enabled(model, True)
