@@ -30,7 +30,7 @@ GRIDS = {
                     "quantizer.slots.weight.granularity"}, 12),
     "components_adalog": ({"model", "bits", "quantizer", "quantizer.slots.softmax.quantizer"}, 4),
     "recon": ({"model", "quantizer", "recon", "bits", "calib.seed"}, 36),
-    "compensation": ({"model", "quantizer", "compensate", "bits", "calib.seed"}, 108),
+    "compensation": ({"model", "quantizer", "compensate", "bits", "calib.seed"}, 144),
     "recon_losses": ({"model", "quantizer", "recon.loss", "bits", "calib.seed"}, 96),
 }
 # Job folder names: the overrides, and for the outlier grid its profile (a group override would put a slash in).

@@ -1,5 +1,6 @@
 """The compensation table from results.json files: one row per job (method, bits, compensation) with top-1,
-agreement and KL to float, the maps kept, parameters and MACs per image added, and the stage's seconds.
+agreement and KL to float, the maps kept (ERQ: the layers it edited), parameters and MACs per image added, and the
+stage's seconds.
 
     python experiments/compensation/table.py multirun/compensation_w4a4 ... > experiments/compensation/table.md
 """
@@ -18,7 +19,8 @@ def row(path: Path) -> dict:
     return {"model": d["model"], "method": f"{d['quantizer']} ({d['compat']})", "bits": f"W{d['bits_w']}A{d['bits_a']}",
             "compensation": label, "top-1": f"{d['top1']:.2f}", "agreement": f"{d['agreement']:.2f}",
             "KL": f"{d['kl_fp32']:.4f}",
-            "kept": f"{comp['kept']}/{len(comp['blocks'])}" if comp else "—",
+            "kept": (f"{len(comp['layers'])} layers edited" if "layers" in comp   # ERQ edits weights, adds no map
+                     else f"{comp['kept']}/{len(comp['blocks'])}" if comp else "—"),
             "R^2 per block": " ".join(f"{b['r2']:.3f}" for b in comp.get("blocks", [])) or "—",
             "params added": comp.get("added_params", 0), "MACs/image added": comp.get("added_macs_per_image", 0),
             "comp s": comp.get("seconds", 0), "calib s": round(d["calib_seconds"], 1)}
