@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from ptq.compensate import COMPENSATORS
 from ptq.compensate.erq_steps import quantize_by_halves, refine_rounding, ridge_update, second_moment
 from ptq.errors import PTQError
 from ptq.models import build_model
@@ -168,6 +169,8 @@ def test_erq_lowers_layer_errors_hardens_rounding_and_round_trips(compose, tmp_p
     assert sum(r["flips"] for r in rows) > 0
     qkv = m.get_submodule("blocks.0.attn.qkv")
     assert isinstance(qkv, QLinear) and qkv.weight_quantizer.rounding is not None
+    with pytest.raises(PTQError, match=r"cannot run after reconstruction \(patch_embed.proj has a learned rounding"):
+        COMPENSATORS["erq"].compensate_model(copy.deepcopy(m), comp[0], resolve_ptq_config(cfg).compensate)
     save_quant_params(m, tmp_path / "p.safetensors")
     load = compose([*CALIB, "compensate=erq", f"compensate.compat={compat}",
                     f"quantizer.load={tmp_path / 'p.safetensors'}"])
@@ -200,3 +203,25 @@ def test_bad_erq_input_is_one_line(compose, overrides, message):
     with pytest.raises(PTQError, match=message) as e:
         resolve_ptq_config(compose([*CALIB, "compensate=erq", *overrides]))
     assert "\n" not in str(e.value)
+
+
+def test_reinitialize_keeps_a_searched_multiplier():
+    """uniform (searched): the new scale is the min-max initialization on W' times the search's param / initial;
+    uniform_asym (not searched, RepQ-ViT): the percentile fit on W' alone."""
+    from ptq.compensate.erq import reinitialize
+    from ptq.quantizers import QUANTIZERS, Layout
+
+    g = torch.Generator().manual_seed(0)
+    w0, w1 = torch.randn(4, 8, generator=g), 3 * torch.randn(4, 8, generator=g)
+    q = QUANTIZERS["uniform"](4, Layout(-2, 4, 4))
+    q.initialize(w0)
+    q.set_param(q.param * 0.8)                     # what a search picked: 0.8 x the initialization
+    reinitialize(q, w1)
+    expect = w1.abs().amax(dim=1) / (2 ** 3 - 0.5) * 0.8
+    assert torch.allclose(q.param, expect)
+    a = QUANTIZERS["uniform_asym"](4, Layout(-2, 4, 4))
+    a.initialize(w0)
+    reinitialize(a, w1)
+    fresh = QUANTIZERS["uniform_asym"](4, Layout(-2, 4, 4))
+    fresh.initialize(w1)
+    assert torch.equal(a.param, fresh.param) and torch.equal(a.zero_point, fresh.zero_point)

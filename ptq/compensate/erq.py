@@ -80,7 +80,7 @@ def rounding_choices(q: Quantizer, shape: torch.Size):
 
 
 @torch.no_grad()
-def reinitialize(q: Quantizer, w_old: torch.Tensor, w_new: torch.Tensor) -> None:
+def reinitialize(q: Quantizer, w_new: torch.Tensor) -> None:
     """The weight quantizer initialized again on the new weights by its own initialization (`initialize`: min-max
     for uniform / uniform_grid, the percentile fit for uniform_asym: RepQ-ViT's, the released code's base). A
     one-value-per-group parameter the method searched keeps the search's multiplier of that initialization
@@ -166,7 +166,7 @@ class ERQ(Compensator):
                 op.weight.copy_(w_new.reshape(w0.shape))
                 if b_new is not None:
                     op.bias.copy_(b_new)
-                reinitialize(q, w0, op.weight.detach())
+                reinitialize(q, op.weight.detach())
             lam2 = conv_lambda if conv else (0.1 * cc.coe if cc.compat == "official" or not pooled else lam1)
             w_at, up, b_fin, flips = quantize_by_halves(
                 op.weight.detach().reshape(w0.shape[0], -1), op.bias.detach() if op.bias is not None else None, xq,
