@@ -217,3 +217,137 @@ def test_bad_inputs_one_line_nothing_written(tmp_path, deploy_run, capsys):
     assert main([str(changed)]) == 2
     assert "changed the float weights" in capsys.readouterr().err
     assert not (changed / "model.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def repq_deploy_run(tmp_path_factory):
+    """A small calibrated repq_vit_deploy W8A8 run of fmnist_vit (its LayerNorm fold changes the float weights)."""
+    from ptq.app import run
+    from ptq.cli import compose_config
+
+    out = tmp_path_factory.mktemp("repq_run")
+    torch.set_num_threads(1)
+    cfg = compose_config(["quantizer=repq_vit_deploy", "bits=w8a8", "logger=none", "progress=false",
+                          "data.max_test=64", "calib.n_images=4", "threads=1"])
+    return out, run(cfg, out)
+
+
+def test_repq_deploy_exports_its_folded_weights(repq_deploy_run):
+    """RepQ-ViT's deployable preset: the run saves the folded weights; the rebuilt model has them (its float function
+    is the untouched model's: the fold preserves it), integer per-tensor zero points on the folded inputs, the run's
+    simulated top-1, and in ONNX Runtime every linear and attention matmul in integer kernels, matching the
+    simulator on random inputs."""
+    from ptq.export.__main__ import export_run, parity
+    from ptq.export.float_weights import WEIGHTS_FILE
+    from ptq.export.runtime import run_logits, session
+    from ptq.models import build_model
+    from ptq.quant import set_quant_enabled
+    from ptq.quant.stages.repq import layernorm_linear_pairs
+
+    out, res = repq_deploy_run
+    assert res["deployability"]["deployable"] is True and res["weights_file"] == WEIGHTS_FILE
+    path, cfg, model, _ = export_run(out)
+    pairs = layernorm_linear_pairs(model)
+    assert len(pairs) == 8
+    for _, _, linear in pairs:
+        q = linear.input_quantizer
+        assert q.layout.axis is None and q.zero_point.numel() == 1
+        assert torch.equal(q.zero_point, q.zero_point.round())
+    fresh = build_model(cfg.model, "cpu").eval()
+    assert not torch.allclose(fresh.blocks[0].norm1.weight, model.blocks[0].norm1.weight)   # folded
+    x = torch.randn(8, *fresh.default_cfg["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        set_quant_enabled(model, False)
+        torch.testing.assert_close(model(x), fresh(x), atol=1e-4, rtol=1e-4)
+        set_quant_enabled(model, True)
+        sim = model(x)
+    got = torch.from_numpy(run_logits(session(path), x.numpy()))
+    assert (got - sim).abs().max().item() < 0.1
+    assert torch.equal(got.argmax(-1), sim.argmax(-1))
+    rep = parity(path, cfg, model, max_test=64)
+    assert rep["top1_simulated"] == pytest.approx(res["top1"])
+    assert sum(rep["integer_kernels"].values()) == rep["quantized_linears"] + rep["quantized_matmuls"] == 25
+    assert rep["agreement_simulated"] >= 98.0
+
+
+def test_repq_vit_itself_is_not_deployable():
+    """RepQ-ViT's own preset: log_sqrt2 post-softmax and the fractional z* of its fold are simulation only."""
+    from ptq.cli import compose_config
+    from ptq.export import deployability
+    from ptq.models import build_model
+    from ptq.quant import quantize_model
+    from ptq.quant.config import resolve_ptq_config
+
+    cfg = compose_config(["quantizer=repq_vit", "bits=w8a8", "logger=none", "progress=false"])
+    model = build_model(cfg.model, "cpu")
+    x = torch.randn(4, *model.default_cfg["input_size"], generator=torch.Generator().manual_seed(0))
+    quantize_model(model, resolve_ptq_config(cfg), x, torch.zeros(4, dtype=torch.long), device=torch.device("cpu"),
+                   progress=False)
+    why = deployability(model)["simulation_only"]
+    assert set(why) == {"softmax", "ln_input"}
+    assert "log_sqrt2 has no standard integer operator" in why["softmax"]
+    assert "fractional zero point" in why["ln_input"]
+
+
+def test_changed_weights_bad_inputs_one_line(tmp_path, repq_deploy_run, capsys):
+    """A recorded non-deployable run is refused from its results.json; a weight file that does not fit the model
+    is refused naming the weight; nothing is written."""
+    import shutil
+
+    from ptq.export.__main__ import main
+    from ptq.export.float_weights import WEIGHTS_FILE
+
+    out, _ = repq_deploy_run
+    refused = tmp_path / "refused"
+    skip = shutil.ignore_patterns("model.onnx", "export.json")   # what another test's export left there
+    shutil.copytree(out, refused, ignore=skip)
+    res = json.loads((refused / "results.json").read_text())
+    res["deployability"] = {"deployable": False, "float_ops": [],
+                            "simulation_only": {"softmax": "twin_softmax has no standard integer operator "
+                                                           "(simulation only)"}}
+    (refused / "results.json").write_text(json.dumps(res))
+    assert main([str(refused)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not deployable: slot softmax: twin_softmax" in err[0]
+    bad = tmp_path / "bad_weights"
+    shutil.copytree(out, bad, ignore=skip)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(bad / WEIGHTS_FILE))
+    dropped = sorted(weights)[0]
+    del weights[dropped]
+    save_file(weights, str(bad / WEIGHTS_FILE))
+    assert main([str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"lacks the weight '{dropped}'" in err[0]
+    assert not (refused / "model.onnx").exists() and not (bad / "model.onnx").exists()
+
+
+def test_methods_report_deployable_column_only_where_recorded(tmp_path):
+    """The settings table (one row per method column) says deployable yes / no (the simulation-only slots) and
+    runs.csv carries the reason; a report of runs that never recorded it has neither column (tables unchanged)."""
+    from ptq import report
+    from tests.results_factory import write_job
+
+    old = tmp_path / "old"
+    write_job(old / "a", "fmnist_vit", "base_ptq", 8, 88.0)
+    rep = report.build_report([old])
+    assert "deployable" not in rep["settings"].display.columns
+    assert not {"deployable", "simulation_only"} & set(rep["tables"]["runs"].columns)
+    new = tmp_path / "new"
+    for name, quantizer, dep in (("a", "base_ptq", {"deployable": True, "simulation_only": {}}),
+                                 ("b", "ptq4vit", {"deployable": False, "simulation_only": {
+                                     "softmax": "twin_softmax has no standard integer operator (simulation only)",
+                                     "gelu": "twin_gelu has no standard integer operator (simulation only)"}})):
+        folder = write_job(new / name, "fmnist_vit", quantizer, 8, 88.0)
+        data = json.loads((folder / "results.json").read_text())
+        data["deployability"] = {**dep, "float_ops": []}
+        (folder / "results.json").write_text(json.dumps(data))
+    rep = report.build_report([new])
+    cells = dict(zip(rep["settings"].display["column"], rep["settings"].display["deployable"]))
+    assert cells["BasePTQ W8A8"] == "yes"
+    assert cells["PTQ4ViT W8A8"] == ("no (gelu: twin_gelu has no standard integer operator; "
+                                     "softmax: twin_softmax has no standard integer operator)")
+    runs = rep["tables"]["runs"].set_index("quantizer")
+    assert bool(runs.loc["base_ptq", "deployable"]) and runs.loc["base_ptq", "simulation_only"] == ""
+    assert runs.loc["ptq4vit", "simulation_only"].startswith("gelu: twin_gelu")

@@ -1,13 +1,13 @@
 """ONNX Runtime float32 against int8 (the lab's QDQ export) on the same graph and session options.
 
-    python experiments/export/benchmark.py [--threads 1] [--models fmnist_vit,...] [--n1 30 --n32 5]
+    python experiments/export/benchmark.py [--threads 1] [--models fmnist_vit,...] [--n1 30 --n32 5] [--out PATH]
 
 Each model is exported twice from the same timm module: float (torch's TorchScript exporter) and int8
 (`base_ptq_deploy` W8A8 quantizers, min-max initialized on 4 random images: speed does not depend on the scale
 values; python -m ptq.export gives the calibrated graph of a run). Both run in ONNX Runtime on the CPU with all graph
 optimizations and fixed threads; after a warm-up, float and int8 runs are interleaved (the machine is shared) and
-the median of N is reported, at batch 1 and 32. Writes benchmark.md / benchmark.csv beside this file, with the CPU
-model, its instruction-set flags and the load average.
+the median of N is reported, at batch 1 and 32. Writes benchmark.md / benchmark.csv beside this file (or PATH.md /
+PATH.csv), with the CPU model, its instruction-set flags and the 1-minute load average before and after each row.
 """
 from __future__ import annotations
 
@@ -16,9 +16,7 @@ import csv
 import dataclasses
 import os
 import platform
-import statistics
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import torch
 
 from ptq.cli import compose_config
 from ptq.export import export_modules, write_onnx
-from ptq.export.runtime import INTEGER_KERNELS, kernel_counts, session
+from ptq.export.runtime import INTEGER_KERNELS, interleaved_medians, kernel_counts, session
 from ptq.models import build_model
 from ptq.quant import quantize_model
 from ptq.quant.config import resolve_ptq_config
@@ -72,12 +70,6 @@ def float_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> Pat
     return path
 
 
-def timed(sess, x: np.ndarray) -> float:
-    t0 = time.perf_counter()
-    sess.run(None, {"image": x})
-    return time.perf_counter() - t0
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--models", default=",".join(MODELS))
@@ -101,19 +93,14 @@ def main() -> None:
             counts = kernel_counts(qpath)
             sessions = {"fp32": session(fpath, args.threads), "int8": session(qpath, args.threads)}
             for batch, n in ((1, args.n1), (32, args.n32)):
+                load_before = os.getloadavg()[0]
                 x = np.random.default_rng(0).standard_normal((batch, *shape)).astype(np.float32)
-                for s in sessions.values():
-                    for _ in range(args.warmup):
-                        timed(s, x)
-                times = {k: [] for k in sessions}
-                for _ in range(n):           # interleaved: load changes hit both alike
-                    for k, s in sessions.items():
-                        times[k].append(timed(s, x))
-                med = {k: statistics.median(v) for k, v in times.items()}
+                med = interleaved_medians(sessions, x, n, args.warmup)   # float / int8 take turns
                 rows.append({"model": key, "batch": batch, "runs": n, "threads": args.threads,
                              "fp32_ms": round(1e3 * med["fp32"], 2), "int8_ms": round(1e3 * med["int8"], 2),
                              "speedup": round(med["fp32"] / med["int8"], 2),
-                             "integer_kernels": sum(counts[k] for k in INTEGER_KERNELS)})
+                             "integer_kernels": sum(counts[k] for k in INTEGER_KERNELS),
+                             "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)})
                 print(rows[-1], flush=True)
     load1 = os.getloadavg()
     out = args.out
@@ -129,9 +116,10 @@ def main() -> None:
              f"graph optimizations ORT_ENABLE_ALL; {args.warmup} warm-up runs, then float / int8 interleaved, median.",
              f"Load average (1 min) before / after: {load0[0]:.1f} / {load1[0]:.1f} on {os.cpu_count()} cores "
              f"(shared with other jobs: absolute times are noisy, the ratio less so).", "",
-             "| model | batch | fp32 ms | int8 ms | speed-up | integer kernels |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['batch']} | {r['fp32_ms']} | {r['int8_ms']} | {r['speedup']}x | "
-              f"{r['integer_kernels']} |" for r in rows]
+             "| model | batch | runs (median of) | fp32 ms | int8 ms | speed-up | integer kernels | load before / "
+             "after |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['batch']} | {r['runs']} | {r['fp32_ms']} | {r['int8_ms']} | {r['speedup']}x | "
+              f"{r['integer_kernels']} | {r['load_before']} / {r['load_after']} |" for r in rows]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out.with_suffix('.md')}, {out.with_suffix('.csv')}")
