@@ -137,6 +137,10 @@ def test_fractional_zero_point_and_wide_codes_are_not_deployable():
     q = _quantizer("uniform_asym", 8, Layout(), torch.tensor([0.1]), torch.tensor([3.5]))
     with pytest.raises(NotDeployable, match="fractional zero point"):
         q.integer_form()
+    for zp in (-5.0, 256.0):   # all weights of a channel of one sign: zero is not on the grid
+        with pytest.raises(NotDeployable, match="zero point outside its codes 0..255"):
+            _quantizer("uniform_asym", 8, Layout(), torch.tensor([0.1]), torch.tensor([zp])).integer_form()
+    assert _quantizer("uniform_asym", 8, Layout(), torch.tensor([0.1]), torch.tensor([255.0])).integer_form()
     with pytest.raises(NotDeployable, match="10 bits"):
         _quantizer("uniform", 10, Layout(), torch.tensor([0.1])).integer_form()
     for kind in ("twin_softmax", "log2", "log_sqrt2", "adalog_softmax", "twin_gelu"):

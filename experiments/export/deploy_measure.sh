@@ -17,6 +17,7 @@ PRESETS=(  # NAME ARGS (the table's row order); the cheap ones first
   "repq_vit quantizer=repq_vit"
   "base_ptq_deploy_brecq quantizer=base_ptq_deploy recon=brecq recon.iters=100"
   "repq_vit_deploy_qdrop quantizer=repq_vit_deploy recon=qdrop recon.iters=100"
+  "ptq4vit_deploy quantizer=ptq4vit_deploy"
   "ptq4vit quantizer=ptq4vit"
   "adalog quantizer=adalog")
 for p in "${PRESETS[@]}"; do
@@ -24,7 +25,8 @@ for p in "${PRESETS[@]}"; do
 done
 order=()
 for model in fmnist_vit fmnist_swin; do
-  for p in base_ptq_deploy base_ptq_deploy_brecq repq_vit_deploy repq_vit_deploy_qdrop repq_vit ptq4vit adalog; do
+  for p in base_ptq_deploy base_ptq_deploy_brecq repq_vit_deploy repq_vit_deploy_qdrop ptq4vit_deploy repq_vit ptq4vit \
+      adalog; do
     [ -f $RUNS/${model}_$p/results.json ] && order+=($RUNS/${model}_$p)
   done
 done

@@ -57,10 +57,11 @@ def row_of(run: Path, args) -> dict:
             "bits": f"W{res['bits_w']}A{res['bits_a']}"}
     dep = res.get("deployability") or {}
     if dep.get("deployable") is False:
-        why = "; ".join(f"{slot}: {r.split(' has ')[0]}" for slot, r in sorted(dep["simulation_only"].items()))
+        why = "; ".join(f"{slot}: {r.replace(' (simulation only)', '')}"
+                        for slot, r in sorted(dep["simulation_only"].items()))
         return {**base, "test images": res["num_test"], "FP32 top-1": round(res["top1_fp32"], 2),
                 "simulated top-1": round(res["top1"], 2), **{c: "—" for c in COLUMNS[7:15]},
-                "deployable": f"no (simulation only: {why})"}
+                "deployable": f"no ({why})"}
     path, cfg, model, _ = export_run(run)
     rep = parity(path, cfg, model, args.max_test, threads=args.threads)
     (run / "export.json").write_text(json.dumps(rep, indent=2) + "\n")
