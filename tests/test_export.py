@@ -148,6 +148,28 @@ def test_fractional_zero_point_and_wide_codes_are_not_deployable():
             QUANTIZERS[kind](8, Layout()).integer_form()
 
 
+@pytest.mark.parametrize("preset,model", [("base_ptq_deploy", "fmnist_vit"), ("ptq4vit_deploy", "fmnist_swin")])
+def test_deploy_presets_are_deployable(compose, preset, model):
+    """The deployable forms of BasePTQ and PTQ4ViT: every quantizer has an integer form, every attention operand
+    per tensor (ONNX Runtime's integer matmuls take one activation scale)."""
+    from ptq.export import deployability
+    from ptq.models import build_model
+    from ptq.quant import quant_ops, wrap_model
+    from ptq.quant.config import resolve_ptq_config
+    from ptq.quant.modules import QMatMul
+
+    cfg = compose([f"quantizer={preset}", f"model={model}", "bits=w8a8", "logger=none"])
+    net = build_model(cfg.model)
+    wrap_model(net, resolve_ptq_config(cfg))
+    ops = quant_ops(net)
+    for op in ops.values():
+        for q in op.quantizers().values():
+            q.initialized = True
+    assert deployability(net)["deployable"] is True
+    matmuls = [q for op in ops.values() if isinstance(op, QMatMul) for q in op.quantizers().values()]
+    assert matmuls and all(q.layout.axis is None for q in matmuls)
+
+
 @pytest.mark.parametrize("preset", ["ptq4vit", "adalog"])
 def test_non_deployable_methods_are_refused(compose, preset):
     """PTQ4ViT's twin softmax and AdaLog's quantizers: deployability names the slots; export refuses in one line."""
