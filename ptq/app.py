@@ -152,7 +152,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
             out.mkdir(parents=True, exist_ok=True)
             save_quant_params(model, out / PARAMS_FILE, {"config": json.dumps(resolved_config(cfg), default=str)})
             results["params_file"] = PARAMS_FILE
-            if set(pcfg.recipe) & TRANSFORMING_STAGES:   # the weights the parameters fit (python -m ptq.export)
+            if set(pcfg.recipe) & TRANSFORMING_STAGES and results["deployability"]["deployable"]:
+                # the changed weights the parameters fit, for python -m ptq.export (only a deployable run exports)
                 results["weights_file"] = save_model_weights(model, out / WEIGHTS_FILE).name
     results.update({
         "top1": top1(logits, labels), "top5": topk(logits, labels, 5),

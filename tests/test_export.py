@@ -296,20 +296,20 @@ def test_repq_deploy_exports_its_folded_weights(repq_deploy_run):
     assert rep["agreement_simulated"] >= 98.0
 
 
-def test_repq_vit_itself_is_not_deployable():
-    """RepQ-ViT's own preset: log_sqrt2 post-softmax and the fractional z* of its fold are simulation only."""
+def test_repq_vit_itself_is_not_deployable(tmp_path):
+    """RepQ-ViT's own preset: log_sqrt2 post-softmax and the fractional z* of its fold are simulation only; its run
+    records why and saves no changed weights (it cannot export)."""
+    from ptq.app import run
     from ptq.cli import compose_config
-    from ptq.export import deployability
-    from ptq.models import build_model
-    from ptq.quant import quantize_model
-    from ptq.quant.config import resolve_ptq_config
+    from ptq.export.float_weights import WEIGHTS_FILE
 
-    cfg = compose_config(["quantizer=repq_vit", "bits=w8a8", "logger=none", "progress=false"])
-    model = build_model(cfg.model, "cpu")
-    x = torch.randn(4, *model.default_cfg["input_size"], generator=torch.Generator().manual_seed(0))
-    quantize_model(model, resolve_ptq_config(cfg), x, torch.zeros(4, dtype=torch.long), device=torch.device("cpu"),
-                   progress=False)
-    why = deployability(model)["simulation_only"]
+    torch.set_num_threads(1)
+    cfg = compose_config(["quantizer=repq_vit", "bits=w8a8", "logger=none", "progress=false", "data.max_test=16",
+                          "calib.n_images=4", "threads=1"])
+    res = run(cfg, tmp_path)
+    assert res["deployability"]["deployable"] is False and "weights_file" not in res
+    assert not (tmp_path / WEIGHTS_FILE).exists()
+    why = res["deployability"]["simulation_only"]
     assert set(why) == {"softmax", "ln_input"}
     assert "log_sqrt2 has no standard integer operator" in why["softmax"]
     assert "fractional zero point" in why["ln_input"]

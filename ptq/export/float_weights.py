@@ -1,6 +1,6 @@
 """The float weights of a run whose recipe changed them (a transforming stage: RepQ-ViT's LayerNorm fold, AdaLog's
-shift fold), saved beside its quantizer parameters so that `python -m ptq.export RUN_DIR` can rebuild the
-calibrated model: the saved quantizer parameters alone fit only the changed weights."""
+shift fold), saved by a deployable run beside its quantizer parameters so that `python -m ptq.export RUN_DIR` can
+rebuild the calibrated model: the saved quantizer parameters alone fit only the changed weights."""
 from __future__ import annotations
 
 from pathlib import Path
