@@ -377,3 +377,53 @@ def test_methods_report_deployable_column_only_where_recorded(tmp_path):
     runs = rep["tables"]["runs"].set_index("quantizer")
     assert bool(runs.loc["base_ptq", "deployable"]) and runs.loc["base_ptq", "simulation_only"] == ""
     assert runs.loc["ptq4vit", "simulation_only"].startswith("gelu: twin_gelu")
+
+
+def test_model_weights_round_trip_creates_a_folded_bias(tmp_path):
+    """Saved weights load into a freshly built model: a bias the fold created where the model had none is created,
+    a weight of another shape is refused in one line naming it."""
+    from ptq.errors import PTQError
+    from ptq.export.float_weights import load_model_weights, model_weights, save_model_weights
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 3, bias=False))
+
+    folded = net()
+    folded[1].bias = nn.Parameter(torch.tensor([0.5, -1.0, 2.0]), requires_grad=False)
+    with torch.no_grad():
+        folded[0].weight.mul_(3.0)
+    path = save_model_weights(folded, tmp_path / "w.safetensors")
+    fresh = net()
+    load_model_weights(fresh, path)
+    assert set(model_weights(fresh)) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    for k, v in model_weights(folded).items():
+        assert torch.equal(model_weights(fresh)[k], v)
+    other = nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 5))
+    shape_of = r"has the weight '1\.(bias' \(3,\)|weight' \(3, 4\)) that this model does not have"
+    with pytest.raises(PTQError, match=shape_of):
+        load_model_weights(other, path)
+
+
+def test_interleaved_medians_alternate_sessions_after_warmup():
+    """The speed measurement: each session warms up, then the sessions take turns run by run (a load change hits
+    both alike); the median of each one's runs is returned."""
+    from ptq.export.runtime import interleaved_medians
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def get_inputs(self):
+            return [type("I", (), {"name": "image"})()]
+
+        def run(self, _, feeds):
+            assert set(feeds) == {"image"}
+            calls.append(self.name)
+
+    med = interleaved_medians({"fp32": Fake("fp32"), "int8": Fake("int8")}, np.zeros(1, np.float32), runs=3,
+                              warmup=2)
+    assert calls == ["fp32", "fp32", "int8", "int8"] + ["fp32", "int8"] * 3
+    assert set(med) == {"fp32", "int8"} and all(v >= 0 for v in med.values())
