@@ -145,11 +145,16 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
                                     f"eval {pcfg.name} W{pcfg.w_bits}A{pcfg.a_bits}")
         eval_seconds = time.time() - t0
         if out is not None:
+            from ptq.export.float_weights import WEIGHTS_FILE, save_model_weights
             from ptq.quant import save_quant_params
+            from ptq.quant.stage import TRANSFORMING_STAGES
 
             out.mkdir(parents=True, exist_ok=True)
             save_quant_params(model, out / PARAMS_FILE, {"config": json.dumps(resolved_config(cfg), default=str)})
             results["params_file"] = PARAMS_FILE
+            if set(pcfg.recipe) & TRANSFORMING_STAGES and results["deployability"]["deployable"]:
+                # the changed weights the parameters fit, for python -m ptq.export (only a deployable run exports)
+                results["weights_file"] = save_model_weights(model, out / WEIGHTS_FILE).name
     results.update({
         "top1": top1(logits, labels), "top5": topk(logits, labels, 5),
         "agreement": agreement(logits, fp_logits), "kl_fp32": kl_to_reference(logits, fp_logits),

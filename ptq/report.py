@@ -155,6 +155,7 @@ def record(path: Path, data: dict, root: Path | None = None) -> dict:
         "top1": top1, "top1_fp32": fp32, "drop": drop, "top5": data.get("top5"),
         "agreement": data.get("agreement"), "kl_fp32": data.get("kl_fp32"),
         "deployable": (data.get("deployability") or {}).get("deployable"),   # ptq/export (None: not recorded)
+        "simulation_only": simulation_only_text(data.get("deployability")),  # why not ("": deployable)
         "calib_seconds": data.get("calib_seconds"), "num_test": data.get("num_test"),
         "duplicate_of": data.get("duplicate_of"), "error": data.get("error"),
         "recon": (settings.get("recon.name") or "none") if enabled else None,
@@ -866,7 +867,18 @@ SETTINGS_COLUMNS = {
     "calibration": lambda r: f"{_setting(r, 'calib.n_images')} img, {_setting(r, 'calib.transform', 'eval')} "
                              "transform",
     "reconstruction": recon_text,
+    "deployable": lambda r: "?" if _is_missing(r["deployable"]) else "yes" if r["deployable"] else
+                            f"no ({r['simulation_only']})",
 }
+
+
+def simulation_only_text(deployability: dict | None) -> str | None:
+    """The slots of a run that are simulation only, `slot: reason; ...` (results.json `deployability`, written by
+    ptq/export): "" for a deployable run, None where the run did not record it."""
+    if not deployability:
+        return None
+    return "; ".join(f"{slot}: {why.replace(' (simulation only)', '')}"
+                     for slot, why in sorted((deployability.get("simulation_only") or {}).items()))
 
 
 def settings_table(df: pd.DataFrame) -> Table:
@@ -875,16 +887,18 @@ def settings_table(df: pd.DataFrame) -> Table:
     ok = usable(df)
     q, _ = _label_runs(ok[ok["enabled"].astype(bool)], ["model"])
     title = "Settings of each column (resolved operand slots of the runs)"
+    # deployable (ptq/export): only where a run recorded it, so tables of older runs regenerate unchanged
+    names = [n for n in SETTINGS_COLUMNS if n != "deployable" or (len(q) and q["deployable"].notna().any())]
     if not len(q):
-        return Table(title, pd.DataFrame(columns=["column", *SETTINGS_COLUMNS]), pd.DataFrame(), [])
+        return Table(title, pd.DataFrame(columns=["column", *names]), pd.DataFrame(), [])
     q["column"] = [" ".join(filter(None, (r["method"], r["bits"], r["setting"]))) for _, r in q.iterrows()]
     rows = []
     for column in _sorted_columns(q.drop_duplicates("column"), {(m, s): o for m, s, o in
                                                                 zip(q["method"], q["setting"], q["setting_order"])}):
         runs = q[q["column"] == column]
         row = {"column": column, "models": ", ".join(model_order(runs["model"])), "runs": str(len(runs))}
-        for name, text in SETTINGS_COLUMNS.items():
-            row[name] = " / ".join(dict.fromkeys(text(r) for _, r in runs.iterrows()))
+        for name in names:
+            row[name] = " / ".join(dict.fromkeys(SETTINGS_COLUMNS[name](r) for _, r in runs.iterrows()))
         rows.append(row)
     notes = ["`= weight (4-bit)`: the slot is off, its operands are quantized like the parent slot's (the "
              "classifier head's weight like every other weight); `float`: not quantized; first/last: "
@@ -900,7 +914,7 @@ def failed_table(df: pd.DataFrame) -> pd.DataFrame:
 
 # runs.csv columns that only results written by newer code hold: left out of a report none of whose runs has them,
 # so tables of older runs regenerate unchanged
-RECENT_COLUMNS = ("deployable",)
+RECENT_COLUMNS = ("deployable", "simulation_only")
 
 
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -81,7 +81,7 @@ def run_with_resume(run: Callable, cfg: DictConfig, out: Path | None, reuse_sibl
         if found is not None:
             source, old = found
             log.info("same effective config as %s: its results reused (force=true re-runs)", source.name)
-            results = {k: v for k, v in old.items() if k not in ("params_file", "wandb")}
+            results = {k: v for k, v in old.items() if k not in ("params_file", "weights_file", "wandb")}
             results.update(config=resolved_config(cfg), duplicate_of=source.name)
             write_results(out, results)
             return results

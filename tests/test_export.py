@@ -137,11 +137,37 @@ def test_fractional_zero_point_and_wide_codes_are_not_deployable():
     q = _quantizer("uniform_asym", 8, Layout(), torch.tensor([0.1]), torch.tensor([3.5]))
     with pytest.raises(NotDeployable, match="fractional zero point"):
         q.integer_form()
+    for zp in (-5.0, 256.0):   # all weights of a channel of one sign: zero is not on the grid
+        with pytest.raises(NotDeployable, match="zero point outside its codes 0..255"):
+            _quantizer("uniform_asym", 8, Layout(), torch.tensor([0.1]), torch.tensor([zp])).integer_form()
+    assert _quantizer("uniform_asym", 8, Layout(), torch.tensor([0.1]), torch.tensor([255.0])).integer_form()
     with pytest.raises(NotDeployable, match="10 bits"):
         _quantizer("uniform", 10, Layout(), torch.tensor([0.1])).integer_form()
     for kind in ("twin_softmax", "log2", "log_sqrt2", "adalog_softmax", "twin_gelu"):
         with pytest.raises(NotDeployable, match="simulation only"):
             QUANTIZERS[kind](8, Layout()).integer_form()
+
+
+@pytest.mark.parametrize("preset,model", [("base_ptq_deploy", "fmnist_vit"), ("ptq4vit_deploy", "fmnist_swin")])
+def test_deploy_presets_are_deployable(compose, preset, model):
+    """The deployable forms of BasePTQ and PTQ4ViT: every quantizer has an integer form, every attention operand
+    per tensor (ONNX Runtime's integer matmuls take one activation scale)."""
+    from ptq.export import deployability
+    from ptq.models import build_model
+    from ptq.quant import quant_ops, wrap_model
+    from ptq.quant.config import resolve_ptq_config
+    from ptq.quant.modules import QMatMul
+
+    cfg = compose([f"quantizer={preset}", f"model={model}", "bits=w8a8", "logger=none"])
+    net = build_model(cfg.model)
+    wrap_model(net, resolve_ptq_config(cfg))
+    ops = quant_ops(net)
+    for op in ops.values():
+        for q in op.quantizers().values():
+            q.initialized = True
+    assert deployability(net)["deployable"] is True
+    matmuls = [q for op in ops.values() if isinstance(op, QMatMul) for q in op.quantizers().values()]
+    assert matmuls and all(q.layout.axis is None for q in matmuls)
 
 
 @pytest.mark.parametrize("preset", ["ptq4vit", "adalog"])
@@ -217,3 +243,187 @@ def test_bad_inputs_one_line_nothing_written(tmp_path, deploy_run, capsys):
     assert main([str(changed)]) == 2
     assert "changed the float weights" in capsys.readouterr().err
     assert not (changed / "model.onnx").exists()
+
+
+@pytest.fixture(scope="module")
+def repq_deploy_run(tmp_path_factory):
+    """A small calibrated repq_vit_deploy W8A8 run of fmnist_vit (its LayerNorm fold changes the float weights)."""
+    from ptq.app import run
+    from ptq.cli import compose_config
+
+    out = tmp_path_factory.mktemp("repq_run")
+    torch.set_num_threads(1)
+    cfg = compose_config(["quantizer=repq_vit_deploy", "bits=w8a8", "logger=none", "progress=false",
+                          "data.max_test=64", "calib.n_images=4", "threads=1"])
+    return out, run(cfg, out)
+
+
+def test_repq_deploy_exports_its_folded_weights(repq_deploy_run):
+    """RepQ-ViT's deployable preset: the run saves the folded weights; the rebuilt model has them (its float function
+    is the untouched model's: the fold preserves it), integer per-tensor zero points on the folded inputs, the run's
+    simulated top-1, and in ONNX Runtime every linear and attention matmul in integer kernels, matching the
+    simulator on random inputs."""
+    from ptq.export.__main__ import export_run, parity
+    from ptq.export.float_weights import WEIGHTS_FILE
+    from ptq.export.runtime import run_logits, session
+    from ptq.models import build_model
+    from ptq.quant import set_quant_enabled
+    from ptq.quant.stages.repq import layernorm_linear_pairs
+
+    out, res = repq_deploy_run
+    assert res["deployability"]["deployable"] is True and res["weights_file"] == WEIGHTS_FILE
+    path, cfg, model, _ = export_run(out)
+    pairs = layernorm_linear_pairs(model)
+    assert len(pairs) == 8
+    for _, _, linear in pairs:
+        q = linear.input_quantizer
+        assert q.layout.axis is None and q.zero_point.numel() == 1
+        assert torch.equal(q.zero_point, q.zero_point.round())
+    fresh = build_model(cfg.model, "cpu").eval()
+    assert not torch.allclose(fresh.blocks[0].norm1.weight, model.blocks[0].norm1.weight)   # folded
+    x = torch.randn(8, *fresh.default_cfg["input_size"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        set_quant_enabled(model, False)
+        torch.testing.assert_close(model(x), fresh(x), atol=1e-4, rtol=1e-4)
+        set_quant_enabled(model, True)
+        sim = model(x)
+    got = torch.from_numpy(run_logits(session(path), x.numpy()))
+    assert (got - sim).abs().max().item() < 0.1
+    assert torch.equal(got.argmax(-1), sim.argmax(-1))
+    rep = parity(path, cfg, model, max_test=64)
+    assert rep["top1_simulated"] == pytest.approx(res["top1"])
+    assert sum(rep["integer_kernels"].values()) == rep["quantized_linears"] + rep["quantized_matmuls"] == 25
+    assert rep["agreement_simulated"] >= 98.0
+
+
+def test_repq_vit_itself_is_not_deployable(tmp_path):
+    """RepQ-ViT's own preset: log_sqrt2 post-softmax and the fractional z* of its fold are simulation only; its run
+    records why and saves no changed weights (it cannot export)."""
+    from ptq.app import run
+    from ptq.cli import compose_config
+    from ptq.export.float_weights import WEIGHTS_FILE
+
+    torch.set_num_threads(1)
+    cfg = compose_config(["quantizer=repq_vit", "bits=w8a8", "logger=none", "progress=false", "data.max_test=16",
+                          "calib.n_images=4", "threads=1"])
+    res = run(cfg, tmp_path)
+    assert res["deployability"]["deployable"] is False and "weights_file" not in res
+    assert not (tmp_path / WEIGHTS_FILE).exists()
+    why = res["deployability"]["simulation_only"]
+    assert set(why) == {"softmax", "ln_input"}
+    assert "log_sqrt2 has no standard integer operator" in why["softmax"]
+    assert "fractional zero point" in why["ln_input"]
+
+
+def test_changed_weights_bad_inputs_one_line(tmp_path, repq_deploy_run, capsys):
+    """A recorded non-deployable run is refused from its results.json; a weight file that does not fit the model
+    is refused naming the weight; nothing is written."""
+    import shutil
+
+    from ptq.export.__main__ import main
+    from ptq.export.float_weights import WEIGHTS_FILE
+
+    out, _ = repq_deploy_run
+    refused = tmp_path / "refused"
+    skip = shutil.ignore_patterns("model.onnx", "export.json")   # what another test's export left there
+    shutil.copytree(out, refused, ignore=skip)
+    res = json.loads((refused / "results.json").read_text())
+    res["deployability"] = {"deployable": False, "float_ops": [],
+                            "simulation_only": {"softmax": "twin_softmax has no standard integer operator "
+                                                           "(simulation only)"}}
+    (refused / "results.json").write_text(json.dumps(res))
+    assert main([str(refused)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not deployable: slot softmax: twin_softmax" in err[0]
+    bad = tmp_path / "bad_weights"
+    shutil.copytree(out, bad, ignore=skip)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(bad / WEIGHTS_FILE))
+    dropped = sorted(weights)[0]
+    del weights[dropped]
+    save_file(weights, str(bad / WEIGHTS_FILE))
+    assert main([str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"lacks the weight '{dropped}'" in err[0]
+    assert not (refused / "model.onnx").exists() and not (bad / "model.onnx").exists()
+
+
+def test_methods_report_deployable_column_only_where_recorded(tmp_path):
+    """The settings table (one row per method column) says deployable yes / no (the simulation-only slots) and
+    runs.csv carries the reason; a report of runs that never recorded it has neither column (tables unchanged)."""
+    from ptq import report
+    from tests.results_factory import write_job
+
+    old = tmp_path / "old"
+    write_job(old / "a", "fmnist_vit", "base_ptq", 8, 88.0)
+    rep = report.build_report([old])
+    assert "deployable" not in rep["settings"].display.columns
+    assert not {"deployable", "simulation_only"} & set(rep["tables"]["runs"].columns)
+    new = tmp_path / "new"
+    for name, quantizer, dep in (("a", "base_ptq", {"deployable": True, "simulation_only": {}}),
+                                 ("b", "ptq4vit", {"deployable": False, "simulation_only": {
+                                     "softmax": "twin_softmax has no standard integer operator (simulation only)",
+                                     "gelu": "twin_gelu has no standard integer operator (simulation only)"}})):
+        folder = write_job(new / name, "fmnist_vit", quantizer, 8, 88.0)
+        data = json.loads((folder / "results.json").read_text())
+        data["deployability"] = {**dep, "float_ops": []}
+        (folder / "results.json").write_text(json.dumps(data))
+    rep = report.build_report([new])
+    cells = dict(zip(rep["settings"].display["column"], rep["settings"].display["deployable"]))
+    assert cells["BasePTQ W8A8"] == "yes"
+    assert cells["PTQ4ViT W8A8"] == ("no (gelu: twin_gelu has no standard integer operator; "
+                                     "softmax: twin_softmax has no standard integer operator)")
+    runs = rep["tables"]["runs"].set_index("quantizer")
+    assert bool(runs.loc["base_ptq", "deployable"]) and runs.loc["base_ptq", "simulation_only"] == ""
+    assert runs.loc["ptq4vit", "simulation_only"].startswith("gelu: twin_gelu")
+
+
+def test_model_weights_round_trip_creates_a_folded_bias(tmp_path):
+    """Saved weights load into a freshly built model: a bias the fold created where the model had none is created,
+    a weight of another shape is refused in one line naming it."""
+    from ptq.errors import PTQError
+    from ptq.export.float_weights import load_model_weights, model_weights, save_model_weights
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 3, bias=False))
+
+    folded = net()
+    folded[1].bias = nn.Parameter(torch.tensor([0.5, -1.0, 2.0]), requires_grad=False)
+    with torch.no_grad():
+        folded[0].weight.mul_(3.0)
+    path = save_model_weights(folded, tmp_path / "w.safetensors")
+    fresh = net()
+    load_model_weights(fresh, path)
+    assert set(model_weights(fresh)) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    for k, v in model_weights(folded).items():
+        assert torch.equal(model_weights(fresh)[k], v)
+    other = nn.Sequential(nn.LayerNorm(4), nn.Linear(4, 5))
+    shape_of = r"has the weight '1\.(bias' \(3,\)|weight' \(3, 4\)) that this model does not have"
+    with pytest.raises(PTQError, match=shape_of):
+        load_model_weights(other, path)
+
+
+def test_interleaved_medians_alternate_sessions_after_warmup():
+    """The speed measurement: each session warms up, then the sessions take turns run by run (a load change hits
+    both alike); the median of each one's runs is returned."""
+    from ptq.export.runtime import interleaved_medians
+
+    calls = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def get_inputs(self):
+            return [type("I", (), {"name": "image"})()]
+
+        def run(self, _, feeds):
+            assert set(feeds) == {"image"}
+            calls.append(self.name)
+
+    med = interleaved_medians({"fp32": Fake("fp32"), "int8": Fake("int8")}, np.zeros(1, np.float32), runs=3,
+                              warmup=2)
+    assert calls == ["fp32", "fp32", "int8", "int8"] + ["fp32", "int8"] * 3
+    assert set(med) == {"fp32", "int8"} and all(v >= 0 for v in med.values())

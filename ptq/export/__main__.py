@@ -1,9 +1,10 @@
 """python -m ptq.export RUN_DIR [--out FILE] [--parity] [--max-test N]: a finished run as an ONNX QDQ graph.
 
 Rebuilds the run's model from its results.json config exactly as the run did (model, outliers, wrapping), loads
-its quant_params.safetensors, refuses a non-deployable run (one line naming the slots and quantizers), writes
-RUN_DIR/model.onnx (or FILE) and, with --parity, runs it in ONNX Runtime on the run's test images: top-1,
-agreement with the simulated and the float model, max |logit difference| (RUN_DIR/export.json).
+its quant_params.safetensors (and model_weights.safetensors where its recipe changed the float weights: RepQ-ViT's
+LayerNorm fold exports as those changed weights), refuses a non-deployable run (one line naming the slots and
+quantizers), writes RUN_DIR/model.onnx (or FILE) and, with --parity, runs it in ONNX Runtime on the run's test
+images: top-1, agreement with the simulated and the float model, max |logit difference| (RUN_DIR/export.json).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
+import ptq.plugins  # noqa: F401  (the plug-in stages: a run's config resolves with them)
 from ptq.errors import PTQError
 
 ONNX_FILE = "model.onnx"
@@ -24,6 +26,8 @@ PARITY_FILE = "export.json"
 
 def rebuild_run(run_dir: Path):
     """(config, calibrated model) of a finished quantized run."""
+    from ptq.export.deployability import refusal
+    from ptq.export.float_weights import WEIGHTS_FILE, load_model_weights, match_folded_layouts
     from ptq.models import build_model
     from ptq.quant import load_quant_params, wrap_model
     from ptq.quant.config import resolve_ptq_config
@@ -41,15 +45,22 @@ def rebuild_run(run_dir: Path):
     if not (run_dir / PARAMS_FILE).is_file():
         raise PTQError(f"{run_dir} holds no {PARAMS_FILE} (saved quantizer parameters); valid: a quantized run "
                        f"folder written by run.py")
+    recorded = res.get("deployability") or {}
+    if recorded.get("deployable") is False:   # as the run recorded it: refused before anything is rebuilt
+        raise PTQError(f"{run_dir}: {refusal(recorded)}")
     cfg.quantizer.load = None
     pcfg = resolve_ptq_config(cfg)
     changed = [s for s in pcfg.recipe if s in TRANSFORMING_STAGES]
-    if changed:
-        raise PTQError(f"{run_dir}: recipe stage {changed[0]} changed the float weights, which the run folder does "
-                       f"not hold; valid: export from within the run (+export=onnx)")
+    if changed and not (run_dir / WEIGHTS_FILE).is_file():
+        raise PTQError(f"{run_dir}: recipe stage {changed[0]} changed the float weights, and the run folder holds no "
+                       f"{WEIGHTS_FILE} (written by runs since the export of changed weights); valid: rerun it")
     model = build_model(cfg.model, "cpu")
     wrap_model(model, pcfg)
+    if changed:
+        match_folded_layouts(model, run_dir / PARAMS_FILE)
     load_quant_params(model, run_dir / PARAMS_FILE)
+    if changed:
+        load_model_weights(model, run_dir / WEIGHTS_FILE)
     return cfg, model
 
 

@@ -42,3 +42,22 @@ def run_logits(sess, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     name = sess.get_inputs()[0].name
     outs = [sess.run(None, {name: images[i:i + batch_size]})[0] for i in range(0, len(images), batch_size)]
     return np.concatenate(outs)
+
+
+def interleaved_medians(sessions: dict, x: np.ndarray, runs: int, warmup: int = 3) -> dict[str, float]:
+    """Median seconds of one run of each session on x: `warmup` untimed runs each, then the sessions take turns
+    run by run, so that a load change on a shared machine hits all of them alike."""
+    import statistics
+    import time
+
+    feeds = {k: {s.get_inputs()[0].name: x} for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(warmup):
+            s.run(None, feeds[k])
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(runs):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(None, feeds[k])
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}

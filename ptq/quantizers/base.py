@@ -221,6 +221,9 @@ class Quantizer(nn.Module):
             raise NotDeployable(f"{self.kind} at {self.bits} bits has no 8-bit integer operator")
         if not torch.equal(zero_point, zero_point.round()):
             raise NotDeployable(f"{self.kind} has a fractional zero point")
+        if bool(((zero_point < qmin) | (zero_point > qmax)).any()):   # e.g. a channel of weights of one sign
+            raise NotDeployable(f"{self.kind} has a zero point outside its codes {qmin}..{qmax} (zero not on its "
+                                f"grid; QuantizeLinear's zero point is a code)")
         lay = self.layout
 
         def expand(t: torch.Tensor) -> torch.Tensor:   # [G] -> one value per entry along the axis (or a scalar)

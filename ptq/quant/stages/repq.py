@@ -109,6 +109,17 @@ def fold_channel_scales(norm: nn.LayerNorm, linear: QLinear, scale: torch.Tensor
 def reparam_layernorm(state: RecipeState) -> None:
     """Per-channel post-LayerNorm input quantizers -> per tensor, scales folded into LayerNorm and linear; the
     affected weight quantizers re-initialize on the new weights."""
+    _reparam_layernorm(state, round_zero=False)
+
+
+@register_stage("reparam_layernorm_int", transforms_model=True)
+def reparam_layernorm_int(state: RecipeState) -> None:
+    """reparam_layernorm with z* rounded to an integer (as AdaLog does): a zero point ONNX QuantizeLinear takes,
+    so the folded input deploys (conf/quantizer/repq_vit_deploy.yaml)."""
+    _reparam_layernorm(state, round_zero=True)
+
+
+def _reparam_layernorm(state: RecipeState, round_zero: bool) -> None:
     done = 0
     for name, norm, linear in layernorm_linear_pairs(state.model):
         q = linear.input_quantizer
@@ -118,7 +129,7 @@ def reparam_layernorm(state: RecipeState) -> None:
             raise PTQError(f"reparam_layernorm needs an initialized per-channel uniform_asym input quantizer at "
                            f"{name}; got {q.kind} (initialized={q.initialized}); valid: ln_input quantizer "
                            f"uniform_asym after init_quantized_pass")
-        d_star, z_star = fold_channel_scales(norm, linear, q.param, q.zero_point)
+        d_star, z_star = fold_channel_scales(norm, linear, q.param, q.zero_point, round_zero)
         q.to_per_tensor(d_star, z_star)
         if linear.weight_quantizer is not None:
             linear.weight_quantizer.initialize(linear.weight)
