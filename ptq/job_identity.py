@@ -12,7 +12,8 @@ reads, as they are declared where they are read.
   reconstruction is on. A stage this code does not know (a results file of older code) reads every method group.
 
 A key this code's schema does not have (a results file written by older code) is kept: it may have been read
-then. Jobs with equal identities give equal results; this module names no stage.
+then. Jobs with equal identities give equal results; this module names no stage. The job-control keys
+(`ptq.results_file.BOOKKEEPING_KEYS`: force, progress, threads) are read by nothing, so no identity holds them.
 """
 from __future__ import annotations
 

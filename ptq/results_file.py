@@ -24,7 +24,13 @@ log = logging.getLogger("ptq")
 RESULTS_FILE = "results.json"
 PARAMS_FILE = "quant_params.safetensors"   # a quantized run's calibrated parameters, beside its results.json
 JOB_RECORD = ".hydra"   # Hydra's record of the job that ran in a folder: overrides.yaml, config.yaml
-BOOKKEEPING_KEYS = ("force", "progress", "threads")   # settings that never change a job's results
+# Job control, the one list of settings that cannot change any number of a job (whether to overwrite, the progress
+# bar, CPU threads): resume and the trust check skip them (`job_mismatch`), a sweep's job key drops them
+# (ptq/sweep.py), no stage or evaluation reads them (so ptq/job_identity.py's identity, the config restricted to what
+# is read, never holds them; tests/test_bookkeeping_keys.py checks), Hydra's folder names exclude them
+# (conf/config.yaml). ptq.report's LABEL_IGNORED_KEYS adds the keys a column label leaves out although resume
+# compares them.
+BOOKKEEPING_KEYS = ("force", "progress", "threads")
 # Version of the results.json layout, written into every file; files without the field are version 1.
 # 2: the typed config schema with operand slots (config.quantizer.slots.*, ptq_config.slots), the W&B record.
 RESULTS_SCHEMA_VERSION = 2

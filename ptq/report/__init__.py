@@ -39,6 +39,7 @@ from ptq.report.data import (
     GROUP_LABELS,
     INTERNAL_COLUMNS,
     LABEL_GROUP_ORDER,
+    LABEL_IGNORED_KEYS,
     LAYOUTS,
     MARK,
     METHOD_LABELS,

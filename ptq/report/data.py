@@ -15,7 +15,7 @@ import pandas as pd
 from ptq.methods import method_labels
 from ptq.plot_style import model_label, outlier_profile
 from ptq.reference_results import ablation_flags
-from ptq.results_file import RESULTS_FILE, RESULTS_SCHEMA_VERSION, reject_untrusted
+from ptq.results_file import BOOKKEEPING_KEYS, RESULTS_FILE, RESULTS_SCHEMA_VERSION, reject_untrusted
 from ptq.results_file import flat_config as _flatten
 from ptq.results_file import read_results as load_results_file
 
@@ -29,8 +29,11 @@ METHOD_LABELS = method_labels()
 AXIS_KEYS = ("model.name", "quantizer.name", "quantizer.enabled", "bits.w", "bits.a")
 # Settings on which runs are repeats of one measurement: averaged, mean ± std.
 REPLICATE_KEYS = ("seed", "calib.seed")
-# Settings that cannot change a run's numbers (bookkeeping); a trailing dot covers a whole group.
-BOOKKEEPING_KEYS = ("force", "progress", "threads", "device", "eval.batch_size", "logger.")
+# Settings never worded into a column label; a trailing dot covers a whole group: the job-control keys
+# (ptq.results_file.BOOKKEEPING_KEYS, which cannot change a number) and settings a paper does not label a column by
+# although resume and a sweep's job identity compare them (the device and the evaluation batch size may move a number
+# in its last float digits; the logger says where results go). So this list is longer than the resume list.
+LABEL_IGNORED_KEYS = (*BOOKKEEPING_KEYS, "device", "eval.batch_size", "logger.")
 OFF = "off"  # bits.first_last of a run that leaves it null (or predates it): the slots' own bits
 # How a setting reads in a column label ("{}" alone: the bare value; a function of the value: its text); any other
 # is shown as `leaf value`. A new setting's wording is one line here.
@@ -237,7 +240,7 @@ def usable(df: pd.DataFrame) -> pd.DataFrame:
 
 def _is_axis_or_bookkeeping(key: str) -> bool:
     return any(key == b or (b.endswith(".") and key.startswith(b))
-               for b in AXIS_KEYS + REPLICATE_KEYS + BOOKKEEPING_KEYS)
+               for b in AXIS_KEYS + REPLICATE_KEYS + LABEL_IGNORED_KEYS)
 
 
 def _value_id(value) -> str:
