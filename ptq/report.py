@@ -160,11 +160,12 @@ def record(path: Path, data: dict, root: Path | None = None) -> dict:
         "recon": (settings.get("recon.name") or "none") if enabled else None,
         "HG": hg, "schema_version": schema_version(data), "config": _flatten(cfg), "settings": settings,
         "slots": resolved_slots(data) if enabled else {},
+        "top1_fp32_mlp": (data.get("mlp_reconstruction") or {}).get("top1_fp32_mlp"),   # float after MLP recon
     }
 
 
 # Columns of the records table that are the report's own working data, not written to runs.csv.
-INTERNAL_COLUMNS = ("HG", "schema_version", "config", "settings", "slots")
+INTERNAL_COLUMNS = ("HG", "schema_version", "config", "settings", "slots", "top1_fp32_mlp")
 
 
 def resolved_slots(data: dict) -> dict:
@@ -840,10 +841,12 @@ def _setting(r, key: str, default="?"):
 
 def recon_text(r) -> str:
     name = _setting(r, "recon.name", "none")
+    mlp = r.get("top1_fp32_mlp")   # MLP reconstruction changed the float model: both float top-1 (ptq/recon/mlp.py)
+    mlp = "" if _is_missing(mlp) else f" + MLP recon (fp32 {r['top1_fp32']:.2f} -> {mlp:.2f})"
     if name == "none":
-        return "none"
+        return "none" + mlp
     return f"{RECON_LABELS.get(str(name), str(name))}: {_setting(r, 'recon.iters')} it, " \
-           f"{_setting(r, 'recon.n_images')} img"
+           f"{_setting(r, 'recon.n_images')} img" + mlp
 
 
 def first_last_text(r) -> str:

@@ -231,6 +231,10 @@ def test_run_records_both_float_accuracies_and_reloads(tmp_path, compose):
     fp, _ = evaluate_logits(build_model(cfg.model), data.test_batches(250), torch.device("cpu"), False, 500, "")
     sw, _ = evaluate_logits(swapped, data.test_batches(250), torch.device("cpu"), False, 500, "")
     assert mr["kl_fp32_mlp"] < 0.25 * kl_to_reference(sw, fp)
+    from ptq.report import recon_text, record
+
+    row = record(tmp_path / "a" / "results.json", json.loads((tmp_path / "a" / "results.json").read_text()))
+    assert recon_text(row) == f"none + MLP recon (fp32 {mr['top1_fp32']:.2f} -> {mr['top1_fp32_mlp']:.2f})"
     again = run(compose([*settings, f"quantizer.load={tmp_path / 'a' / 'quant_params.safetensors'}"]), tmp_path / "b")
     assert again["top1"] == res["top1"] and again["kl_fp32"] == res["kl_fp32"]
     assert again["mlp_reconstruction"]["top1_fp32_mlp"] == mr["top1_fp32_mlp"]
