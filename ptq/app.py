@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 import ptq.plugins  # noqa: F401  (registers the stages that plug into every recipe: reconstruction)
 from ptq.data import build_data
 from ptq.env import environment, resolve_device
+from ptq.errors import PTQError
 from ptq.evaluate import agreement, evaluate_logits, kl_to_reference, top1, topk
 from ptq.models import build_model
 from ptq.results_file import PARAMS_FILE, RESULTS_FILE, RESULTS_SCHEMA_VERSION, write_results
@@ -91,6 +92,9 @@ def check_config(cfg: DictConfig):
 
     validate_config(cfg)
     pcfg = resolve_ptq_config(cfg)
+    if not pcfg.enabled and pcfg.mlp_recon.name != "none":
+        raise PTQError(f"mlp_recon.name={pcfg.mlp_recon.name} changes the float model before calibration, but "
+                       f"quantizer={pcfg.name} calibrates nothing; valid: a quantization method, or mlp_recon=none")
     logger_name(cfg)
     return pcfg
 
@@ -144,6 +148,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         logits, _ = evaluate_logits(model, data.test_batches(bs), device, progress, data.num_test,
                                     f"eval {pcfg.name} W{pcfg.w_bits}A{pcfg.a_bits}")
         eval_seconds = time.time() - t0
+        if pcfg.mlp_recon.name != "none":   # MLP reconstruction changed the float model (ptq/recon/mlp.py)
+            results["mlp_reconstruction"] = mlp_float_change(cfg, model, data, device, progress, report, fp_logits,
+                                                             logits, labels)
         if out is not None:
             from ptq.export.float_weights import WEIGHTS_FILE, save_model_weights
             from ptq.quant import save_quant_params
@@ -171,6 +178,21 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         write_results(out, results)
     log_and_record(cfg, results, out)
     return results
+
+
+def mlp_float_change(cfg: DictConfig, model, data, device: torch.device, progress: bool, report, fp_logits,
+                     logits, labels) -> dict:
+    """MLP reconstruction's record: its stage rows, the original and the modified float model's top-1, KL and
+    agreement between them, and the quantized model's KL to the modified float model."""
+    from ptq.recon.mlp_state import modified_float
+
+    t0 = time.time()
+    float_model = modified_float(model, build_model(cfg.model, device))
+    m_logits, _ = evaluate_logits(float_model, data.test_batches(int(cfg.eval.batch_size)), device, progress,
+                                  data.num_test, "eval fp32 (MLP reconstructed)")
+    return {**report.mlp_reconstruction, "top1_fp32": top1(fp_logits, labels), "top1_fp32_mlp": top1(m_logits, labels),
+            "kl_fp32_mlp": kl_to_reference(m_logits, fp_logits), "agreement_fp32_mlp": agreement(m_logits, fp_logits),
+            "kl_q_to_fp32_mlp": kl_to_reference(logits, m_logits), "eval_seconds": round(time.time() - t0, 3)}
 
 
 def log_and_record(cfg: DictConfig, results: dict, out: Path | None) -> None:

@@ -181,6 +181,29 @@ class ReconConfig:
 
 
 @dataclass
+class MLPReconConfig:
+    """MLP reconstruction before calibration (APHQ-ViT, CVPR'25; ptq/recon/mlp.py, conf/mlp_recon/, SPEC:
+    ptq/recon/MLP_SPEC.md): in every transformer block's MLP, GELU -> ReLU, and fc1 / fc2 distilled to the float
+    GELU MLP on the reconstruction images. The defaults are the reference code's (github GoatWu/APHQ-ViT)."""
+
+    name: str = "none"               # none (off) | aphq | aphq_official (conf/mlp_recon/<name>.yaml)
+    iters: int = 20000               # Adam steps per MLP (0: ReLU swap only, no distillation)
+    batch_size: int = 32             # images per step, a fresh random draw each step
+    lr: float = 4.0e-5               # Adam learning rate of fc1 / fc2 weights and biases, cosine-annealed to 0
+    loss: str = "aph"                # a recon.loss (ptq/recon/losses/) on the MLP output: mse | fisher | aph | ...
+    loss_rank: int = 5               # as recon.loss_rank (fisher_dplr)
+    loss_draws: int = 4              # as recon.loss_draws (aph)
+    loss_direction: str = "rademacher"   # as recon.loss_direction (aph): rademacher | ones (the reference's)
+    loss_eps: float = 1e-3           # as recon.loss_eps (aph; the reference: 1e-6)
+    loss_temp: float = 20.0          # as recon.loss_temp (aph: the KL's temperature)
+    rec_scale: float = 0.1           # factor of the output loss (the reference's 1/10)
+    clamp_weight: float = 2.0        # weight of the second term: the output with fc2's input clamped to [0, ub]
+    clamp_pct: float | None = None   # ub = this quantile of the float fc2 input's positive values; null: the
+    #                                  reference's configs, 0.99 at bits.a=3, else 0.98
+    eval_images: int = 256           # images on which each MLP's output error is measured before and after
+
+
+@dataclass
 class CompensateConfig:
     """Closed-form compensation after the method (and reconstruction): per transformer block, a map fitted by least
     squares to what quantization changed in the block's output (ptq/compensate/, conf/compensate/,
@@ -238,6 +261,7 @@ class Config:
     quantizer: QuantizerConfig = field(default_factory=QuantizerConfig)
     bits: BitsConfig = field(default_factory=BitsConfig)
     calib: CalibConfig = field(default_factory=CalibConfig)
+    mlp_recon: MLPReconConfig = field(default_factory=MLPReconConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
     compensate: CompensateConfig = field(default_factory=CompensateConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -73,7 +73,7 @@ def _comp_indices(cfg, n_train: int) -> np.ndarray | None:
     recon = cfg.get("recon")
     start = 0
     if comp.distinct:
-        start = cfg.calib.n_images + (recon.n_images if recon is not None and recon.name != "none" else 0)
+        start = cfg.calib.n_images + (recon.n_images if _recon_drawn(cfg) else 0)
     return compensation_indices(n_train, start, comp.n_images, cfg.calib.seed)
 
 
@@ -123,9 +123,16 @@ def _fmnist_comp_images(cfg, train_x: torch.Tensor, idx: np.ndarray) -> torch.Te
     return fm.normalize(torch.from_numpy(np.stack(out)))
 
 
+def _recon_drawn(cfg) -> bool:
+    """Whether the run draws reconstruction images: block reconstruction or MLP reconstruction (which uses the
+    same recon.n_images images, as the APHQ-ViT code uses its optimization images for both) is on."""
+    recon, mlp = cfg.get("recon"), cfg.get("mlp_recon")
+    return (recon is not None and recon.name != "none") or (mlp is not None and mlp.name != "none")
+
+
 def _recon_indices(cfg, n_train: int) -> np.ndarray | None:
     recon = cfg.get("recon")
-    if recon is None or recon.name == "none":
+    if not _recon_drawn(cfg):
         return None
     return reconstruction_indices(n_train, cfg.calib.n_images, recon.n_images, cfg.calib.seed)
 

@@ -32,6 +32,7 @@ class CalibReport:
     stages: list[str] = field(default_factory=list)
     reconstruction: dict = field(default_factory=dict)   # the `reconstruct` stage's per-unit rows (ptq/recon/)
     compensation: dict = field(default_factory=dict)     # the `compensate` stage's per-block rows (ptq/compensate/)
+    mlp_reconstruction: dict = field(default_factory=dict)   # the `mlp_reconstruct` stage's per-MLP rows
 
     def records(self) -> list[dict]:
         """One row per searched operand (its last round): layer, operand, quantizer, chosen parameter (compact),
@@ -52,4 +53,5 @@ class CalibReport:
                 "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
                 "search_seconds_per_layer": {r.name: round(r.seconds, 3) for r in self.layers},
                 "records": self.records(), **({"reconstruction": self.reconstruction} if self.reconstruction else {}),
-                **({"compensation": self.compensation} if self.compensation else {})}
+                **({"compensation": self.compensation} if self.compensation else {}),
+                **({"mlp_reconstruction": self.mlp_reconstruction} if self.mlp_reconstruction else {})}

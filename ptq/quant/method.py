@@ -3,10 +3,10 @@ method, applied by `quantize_model`), as the stages and the engine read it. Buil
 (ptq/quant/config.py); a plain record that imports nothing above it."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from ptq.quant.slots import SlotSpec
-from ptq.schema import CompensateConfig, ReconConfig, SearchConfig
+from ptq.schema import CompensateConfig, MLPReconConfig, ReconConfig, SearchConfig
 
 
 @dataclass
@@ -35,6 +35,7 @@ class PTQConfig:
     recon: ReconConfig               # block reconstruction after the recipe (name none: off)
     compensate: CompensateConfig     # closed-form compensation after that (name none: off)
     first_last: int | None = None    # bits.first_last (ptq/quant/first_last.py); None: off
+    mlp_recon: MLPReconConfig = field(default_factory=MLPReconConfig)   # MLP reconstruction before the recipe
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -73,7 +73,8 @@ Read = str | Callable[[dict], Iterable[str]]
 class PlugIn:
     """A stage that joins every method's recipe when its config group is switched on (`<group>.name` is not
     `off`); `resolve` turns the group's config into the value of the `PTQConfig` field of the same name. Plug-ins
-    run after the method's stages, in `order`, before the `after_reconstruct` stages."""
+    run after the method's stages, in `order`, before the `after_reconstruct` stages; with `first` before the
+    method's stages (a stage that changes the float model the calibration must see: MLP reconstruction)."""
 
     group: str
     resolve: Callable[[Any], Any]
@@ -81,6 +82,7 @@ class PlugIn:
     off: str = "none"
     check_recipe: Callable[[Any, list[str]], None] | None = None   # (resolved value, method's recipe): refuse orders
     reads_group: bool = True   # False: the stage's `reads` name which keys of its group it reads (not all of them)
+    first: bool = False        # runs before the method's stages (in `order` among such plug-ins)
 
 
 @dataclass(frozen=True)
@@ -134,10 +136,14 @@ def plugins() -> list[StageSpec]:
 
 def expand_recipe(recipe: Iterable[str], switch: Callable[[str], str | None]) -> list[str]:
     """The method's stages, then every plug-in stage whose group is on (`switch(group)`: the group's name), in
-    plug-in order, placed before the stages that must follow them (registered with after_reconstruct)."""
-    stages = list(recipe)
+    plug-in order, placed before the stages that must follow them (registered with after_reconstruct); plug-ins
+    registered with `first` go before the method's stages."""
+    stages, front = list(recipe), []
     for spec in plugins():
         if switch(spec.plugin.group) not in (None, spec.plugin.off) and spec.name not in stages:
+            if spec.plugin.first:
+                front.append(spec.name)
+                continue
             at = next((i for i, s in enumerate(stages) if s in AFTER_RECONSTRUCT), len(stages))
             stages.insert(at, spec.name)
-    return stages
+    return front + stages

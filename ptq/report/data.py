@@ -146,11 +146,12 @@ def record(path: Path, data: dict, root: Path | None = None) -> dict:
         "recon": (settings.get("recon.name") or "none") if enabled else None,
         "HG": hg, "schema_version": schema_version(data), "config": _flatten(cfg), "settings": settings,
         "slots": resolved_slots(data) if enabled else {},
+        "top1_fp32_mlp": (data.get("mlp_reconstruction") or {}).get("top1_fp32_mlp"),   # float after MLP recon
     }
 
 
 # Columns of the records table that are the report's own working data, not written to runs.csv.
-INTERNAL_COLUMNS = ("HG", "schema_version", "config", "settings", "slots")
+INTERNAL_COLUMNS = ("HG", "schema_version", "config", "settings", "slots", "top1_fp32_mlp")
 
 
 def resolved_slots(data: dict) -> dict:

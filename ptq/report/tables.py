@@ -495,10 +495,12 @@ def _setting(r, key: str, default="?"):
 
 def recon_text(r) -> str:
     name = _setting(r, "recon.name", "none")
+    mlp = r.get("top1_fp32_mlp")   # MLP reconstruction changed the float model: both float top-1 (ptq/recon/mlp.py)
+    mlp = "" if _is_missing(mlp) else f" + MLP recon (fp32 {r['top1_fp32']:.2f} -> {mlp:.2f})"
     if name == "none":
-        return "none"
+        return "none" + mlp
     return f"{RECON_LABELS.get(str(name), str(name))}: {_setting(r, 'recon.iters')} it, " \
-           f"{_setting(r, 'recon.n_images')} img"
+           f"{_setting(r, 'recon.n_images')} img" + mlp
 
 
 def first_last_text(r) -> str:
