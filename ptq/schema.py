@@ -178,6 +178,9 @@ class ReconConfig:
     b_end: float = 2.0               # ... down to this value at the last step
     drop_prob: float = 0.0           # QDrop: probability of keeping an activation float during optimization
     eval_images: int = 256           # images on which each unit's output MSE is measured before and after
+    compile: bool = False            # torch.compile the step (forward, loss, backward; fused Adam): faster, not
+    #                                  bit-identical (fused sums); one compile per unit structure (ptq/recon/step.py)
+    precision: str = "float32"       # float32 | bfloat16: the step's matmuls under bf16 autocast (changes results)
 
 
 @dataclass

@@ -144,29 +144,33 @@ def _plain_step_code(monkeypatch):
     monkeypatch.setattr(Quantizer, "forward", ste_forward)
 
 
-@pytest.mark.parametrize("method,recon", [("ptq4vit", "brecq"), ("repq_vit", "qdrop")])
-def test_short_reconstruction_is_bit_identical_to_the_plain_step(compose, monkeypatch, method, recon):
-    """A few steps of the reconstruct stage (warm-up, then the regularizer) through the kernels and through the
-    plain expressions give the same hardened rounding, learned steps and every other saved parameter."""
+def short_reconstruction(compose, method: str, recon: str, *overrides: str) -> dict[str, torch.Tensor]:
+    """Every saved quantizer tensor after a few steps of the reconstruct stage (warm-up, then the regularizer) on
+    the test-bed ViT with random weights, random images."""
     from ptq.models import build_model
     from ptq.quant import quantize_model, resolve_ptq_config
     from ptq.quant.params import quant_state
 
     cfg = compose(["quantizer=" + method, "bits=w4a4", "quantizer.search.n=4", "quantizer.search.rounds=1",
                    "calib.n_images=8", "logger=none", "model.checkpoint=null", f"recon={recon}", "recon.iters=6",
-                   "recon.batch_size=8", "recon.warmup=0.4", "recon.lr_step=1e-3", "recon.eval_images=8"])
+                   "recon.batch_size=8", "recon.warmup=0.4", "recon.lr_step=1e-3", "recon.eval_images=8",
+                   *overrides])
     g = torch.Generator().manual_seed(1)
     x, rx = torch.randn(8, 1, 28, 28, generator=g), torch.randn(16, 1, 28, 28, generator=g)
     y = torch.zeros(16, dtype=torch.long)
-    states = []
-    for plain in (False, True):
-        if plain:
-            _plain_step_code(monkeypatch)
-        torch.manual_seed(0)
-        model = build_model(cfg.model)
-        quantize_model(model, resolve_ptq_config(cfg), x, y[:8], progress=False, recon_data=(rx, y))
-        states.append(quant_state(model)[0])
-    fused, plain_state = states
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    quantize_model(model, resolve_ptq_config(cfg), x, y[:8], progress=False, recon_data=(rx, y))
+    return quant_state(model)[0]
+
+
+@pytest.mark.parametrize("method,recon", [("ptq4vit", "brecq"), ("repq_vit", "qdrop")])
+def test_short_reconstruction_is_bit_identical_to_the_plain_step(compose, monkeypatch, method, recon):
+    """A few steps of the reconstruct stage (warm-up, then the regularizer) through the kernels and through the
+    plain expressions give the same hardened rounding, learned steps and every other saved parameter."""
+    fused = short_reconstruction(compose, method, recon)
+    _plain_step_code(monkeypatch)
+    plain_state = short_reconstruction(compose, method, recon)
     assert fused.keys() == plain_state.keys()
     assert [k for k in fused if not torch.equal(fused[k], plain_state[k])] == []
     rounding = [k for k in fused if k.endswith(".rounding")]

@@ -219,6 +219,61 @@ def profile_search(method: str, repeats: int) -> dict[str, float]:
     return row
 
 
+COMPILED_ORDER = ["iteration", "  matmuls (aten mm / addmm / bmm)",
+                  "  fused kernels (inductor: fake-quantize, LayerNorm, GELU, softmax, their backward)",
+                  "  optimizer (fused Adam)", "  compiled-graph guards and calls",
+                  "  batch gather", "  rest (autograd engine, Python)"]
+
+
+def profile_compiled(method: str, iters: int, precision: str) -> dict[str, float]:
+    """The reconstruct_unit loop with recon.compile=true (and `precision`) on UNIT, after one warm-up run that
+    compiles: wall-clock ms per iteration, split by torch.profiler's self times (scaled to the timed loop)."""
+    import torch._inductor.config as inductor_config
+
+    from ptq.recon.stage import reconstruct_unit
+
+    inductor_config.cpp.enable_kernel_profile = True     # each fused C++ kernel a profiler event
+    cfg, model, data, pcfg = calibrated(method)
+    quantize_model(model, dataclasses.replace(pcfg, recon=dataclasses.replace(pcfg.recon, name="none")),
+                   data.calib_images, data.calib_labels, progress=False)
+    x = data.recon_images
+    set_quant_enabled(model, False)
+    unit = dict(find_units(model, pcfg.recon.unit, x[:1]))[UNIT]
+    fp_in, target, _ = capture_unit(model, unit, x, 64)
+    set_quant_enabled(model, True)
+    q_in, _, _ = capture_unit(model, unit, x, 64)
+    rc = dataclasses.replace(pcfg.recon, iters=iters, eval_images=32, warmup=0.0, compile=True, precision=precision)
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        reconstruct_unit(UNIT, copy.deepcopy(unit), rc, fp_in, q_in, target,
+                         lambda o, t, i: output_loss(o, t, None, False, rc.rec_scale), torch.Generator().manual_seed(0),
+                         False)
+        return 1e3 * (time.perf_counter() - t0) / iters
+
+    run()                                     # compiles (both graphs: warmup=0 uses only the regularized one)
+    row = {"iteration": run()}
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    cats: dict[str, float] = defaultdict(float)
+    for ev in prof.key_averages():
+        k, ms = ev.key, ev.self_cpu_time_total / 1e3 / iters
+        if k in ("aten::mm", "aten::addmm", "aten::bmm"):
+            cats["  matmuls (aten mm / addmm / bmm)"] += ms
+        elif k.startswith("graph_") or k.startswith("## Call CompiledFxGraph"):
+            cats[COMPILED_ORDER[2]] += ms
+        elif k.startswith(("Optimizer.", "aten::_fused_adam")):
+            cats["  optimizer (fused Adam)"] += ms
+        elif k.startswith(("TorchDynamo", "CompiledFunction", "Torch-Compiled", "Pregraph", "AOTDispatcher")):
+            cats["  compiled-graph guards and calls"] += ms
+        elif k in ("aten::index", "aten::randperm"):
+            cats["  batch gather"] += ms
+    scale = row["iteration"] / max(sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e3 / iters, 1e-9)
+    row.update({k: v * scale for k, v in cats.items()})
+    row["  rest (autograd engine, Python)"] = row["iteration"] - sum(row[k] for k in cats)
+    return row
+
+
 ORDER = ["iteration", "batch gather", "forward", "  forward: activation fake-quantize",
          "  forward: soft rounding of the weights", "loss", "rounding regularizer (outside the forward)", "backward",
          "  backward: matmuls", "  backward: LayerNorm / GELU / softmax",
@@ -239,6 +294,18 @@ def write(columns: dict[str, dict], meta: dict) -> str:
                          + " | ".join(cells) + " |")
     lines.append("| load average (1 min, start / end) | "
                  + " | ".join(f"{columns[lb]['load'][0]} / {columns[lb]['load'][1]}" for lb in labels) + " |")
+    compiled = meta.get("compiled", {})
+    if compiled:
+        cl = list(compiled)
+        lines += ["", "The compiled step (`recon.compile=true`, issue 23), the same unit and defaults (the regularizer "
+                  "on every step), after a warm-up run that compiles; split by torch.profiler self times scaled to the "
+                  f"timed loop ({meta.get('compiled_threads', '')} threads):", "",
+                  "| part (ms) | " + " | ".join(cl) + " |", "|---|" + "---|" * len(cl)]
+        for k in COMPILED_ORDER:
+            lines.append(f"| {'&nbsp;&nbsp;' + k.strip() if k.startswith('  ') else k} | "
+                         + " | ".join(f"{compiled[c]['row'].get(k, 0.0):.2f}" for c in cl) + " |")
+        lines.append("| load average (1 min, start / end) | "
+                     + " | ".join(f"{compiled[c]['load'][0]} / {compiled[c]['load'][1]}" for c in cl) + " |")
     md = ["# Reconstruction iteration and search call, profiled on CPU", "",
           "`PYTHONPATH=$PWD python experiments/profile/profile_recon.py --label LABEL` (a column per label; "
           f"{meta['threads']} threads, {meta['processor']}, torch {meta['torch']})", "",
@@ -260,11 +327,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--method", default="ptq4vit")
     ap.add_argument("--label", default="current")
+    ap.add_argument("--compiled", choices=["float32", "bfloat16"],
+                    help="profile the compiled step (recon.compile=true) at this recon.precision instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     path = OUT / "profile_cpu.json"
     saved = json.loads(path.read_text()) if path.is_file() else {"meta": {}, "columns": {}}
     load0 = round(os.getloadavg()[0], 1)
+    if args.compiled:
+        row = profile_compiled(args.method, args.iters, args.compiled)
+        saved["meta"].setdefault("compiled", {})[f"{args.label} {args.compiled}"] = {
+            "row": row, "load": [load0, round(os.getloadavg()[0], 1)]}
+        saved["meta"]["compiled_threads"] = args.threads
+        path.write_text(json.dumps(saved, indent=1) + "\n")
+        print(write(saved["columns"], saved["meta"]))
+        return
     row = profile_iteration(args.method, args.iters)
     row.update(profile_search(args.method, args.search_repeats))
     saved["columns"][args.label] = {"row": row, "load": [load0, round(os.getloadavg()[0], 1)]}

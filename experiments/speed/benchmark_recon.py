@@ -1,19 +1,23 @@
 """Reconstruction speed, the code before issue 23 against the current one, side by side on the same CPU (issue 23).
 
     PYTHONPATH=$PWD python experiments/speed/benchmark_recon.py [--old-rev 546eb90] [--rounds 2] [--iters 60]
-        [--stage] [--methods ptq4vit] [--threads 2]
+        [--stage | --calib] [--methods ptq4vit] [--threads 2] [--variants eager compile bf16 compile_bf16]
+        [--seeds 0 1 2] [--cold-cache]
 
 The old code is `git archive <old-rev> ptq conf` in a temporary folder.
 - `unit` (default): one process holds both codes (each `ptq` module set swapped into sys.modules around its calls)
   and two copies of fmnist_vit W4A4 calibrated with the method, one by each code; then `reconstruct_unit` on
   blocks.1 with the BRECQ defaults (batch 32, quantized inputs, regularizer after 20 % warm-up) runs --chunk steps
-  at a time, old and new alternating, --rounds times each: milliseconds per iteration (the whole loop; eval_images
-  32), so that the load of the shared machine falls on both alike; then a hash of each copy's hardened rounding
-  and learned steps after --iters steps from the same start;
-- `--stage`: worker processes, old and new interleaved: the whole `reconstruct` stage at the defaults (6 units x
-  300 steps, 1024 images) after the method's calibration, its seconds, top-1 / agreement / KL to float on the first
-  --max-test test images, and a hash of every quantizer's saved parameters; plus the calibration seconds (its
-  searches: the same code in both).
+  at a time, the old code and each --variants form of the current one (VARIANTS: recon.compile /
+  recon.precision) alternating, --rounds times each: milliseconds per iteration (the whole loop; eval_images 32),
+  so that the load of the shared machine falls on all alike (round 0, which compiles, is timed apart:
+  `first_turn_s`); then a hash of each one's hardened rounding and learned steps after --iters steps from the same
+  start;
+- `--calib`: the same process set-up, the method's calibration alone (its searches) by each code, alternating;
+- `--stage`: worker processes, old and each variant back to back, per --seeds: the whole `reconstruct` stage at
+  the defaults (6 units x 300 steps, 1024 images) after the method's calibration, its seconds (compiles
+  included; --cold-cache: from an empty inductor cache), top-1 / agreement / KL to float on the first --max-test
+  test images, and a hash of every quantizer's saved parameters; plus the calibration seconds.
 Equal hashes = bit-identical results. Writes experiments/speed/benchmark_recon.{json,md} (rows accumulate).
 """
 from __future__ import annotations
@@ -26,6 +30,7 @@ import importlib.util
 import inspect
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +52,7 @@ def params_hash(model) -> str:
     return h.hexdigest()[:16]
 
 
-def worker(mode: str, method: str, iters: int, max_test: int) -> dict:
+def worker(mode: str, method: str, iters: int, max_test: int, variant: str = "eager", seed: int = 3) -> dict:
     import torch
 
     from ptq.cli import compose_config
@@ -60,8 +65,9 @@ def worker(mode: str, method: str, iters: int, max_test: int) -> dict:
     from ptq.recon.stage import capture_unit, reconstruct_unit
     from ptq.recon.units import find_units
 
+    options = [f"recon.{k}={str(v).lower()}" for k, v in VARIANTS[variant].items()]
     cfg = compose_config(["model=fmnist_vit", f"quantizer={method}", "bits=w4a4", "logger=none",
-                          f"data.max_test={max_test}", "recon=brecq"])
+                          f"data.max_test={max_test}", "recon=brecq", f"calib.seed={seed}", *options])
     torch.manual_seed(0)
     model = build_model(cfg.model)
     data = build_data(cfg, model)
@@ -123,6 +129,7 @@ def _load_code(path: str) -> dict:
     import ptq.quant.wrap  # noqa: F401
     import ptq.recon.stage  # noqa: F401
     import ptq.recon.units  # noqa: F401
+    import ptq.schema  # noqa: F401
     mods = _ptq_modules()
     for k in mods:
         del sys.modules[k]
@@ -139,6 +146,7 @@ class Code:
         for k in _ptq_modules():
             del sys.modules[k]
         sys.modules.update(self.mods)
+        self.mods["ptq.schema"].register()      # Hydra's ConfigStore is shared: this code's schema composes
         return self.mods
 
     def __exit__(self, *exc):
@@ -146,7 +154,15 @@ class Code:
             sys.modules.pop(k, None)
 
 
-def unit_side_by_side(codes: list[Code], method: str, iters: int, chunk: int, rounds: int) -> list[dict]:
+VARIANTS = {"eager": {}, "compile": {"compile": True}, "bf16": {"precision": "bfloat16"},
+            "compile_bf16": {"compile": True, "precision": "bfloat16"}}
+
+
+def unit_side_by_side(codes: list[Code], method: str, iters: int, chunk: int, rounds: int,
+                      variants: list[str]) -> list[dict]:
+    """The old code (codes[0]) and each variant of the current one (codes[-1] with the recon options of
+    VARIANTS), alternating every `chunk` steps; round 0 (warm-up: the compile of a compiled variant) is timed
+    apart."""
     import copy
 
     import torch
@@ -169,40 +185,92 @@ def unit_side_by_side(codes: list[Code], method: str, iters: int, chunk: int, ro
             m["ptq.quant.wrap"].set_quant_enabled(model, True)
             q_in, _, _ = m["ptq.recon.stage"].capture_unit(model, unit, x, 64)
             setups[code.name] = (model, unit, pcfg.recon, fp_in, q_in, target)
-    times = {c.name: [] for c in codes}
+    runs = [(codes[0].name, codes[0], {})] + [
+        (codes[-1].name if v == "eager" else f"{codes[-1].name}+{v}", codes[-1], VARIANTS[v]) for v in variants]
+    times: dict[str, list[float]] = {label: [] for label, *_ in runs}
+    first: dict[str, float] = {}
     for r in range(rounds + 1):                       # round 0: warm-up, not counted
-        for code in codes:
+        for label, code, options in runs:
             model, unit, rc, fp_in, q_in, target = setups[code.name]
             scratch = copy.deepcopy(unit)
             with code as m:
-                rcc = dataclasses.replace(rc, iters=chunk, eval_images=32)
+                rcc = dataclasses.replace(rc, iters=chunk, eval_images=32, **options)
                 t0 = time.perf_counter()
                 m["ptq.recon.stage"].reconstruct_unit("blocks.1", scratch, rcc, fp_in, q_in, target,
                                                       *mse_args(m["ptq.recon.stage"], rcc),
                                                       torch.Generator().manual_seed(r), False)
+                dt = time.perf_counter() - t0
                 if r:
-                    times[code.name].append(1e3 * (time.perf_counter() - t0) / chunk)
+                    times[label].append(1e3 * dt / chunk)
+                else:
+                    first[label] = dt
     rows = []
-    for code in codes:
+    for label, code, options in runs:
         model, unit, rc, fp_in, q_in, target = setups[code.name]
+        scratch = copy.deepcopy(unit)    # the hash run: every variant from the same start
         with code as m:
-            res = m["ptq.recon.stage"].reconstruct_unit("blocks.1", unit, dataclasses.replace(rc, iters=iters),
-                                                        fp_in, q_in, target, *mse_args(m["ptq.recon.stage"], rc),
-                                                        torch.Generator().manual_seed(0), False)
-            h = params_hash(model)
-        t = sorted(times[code.name])
-        rows.append({"mode": "unit", "method": method, "code": code.name, "iters": iters, "chunk": chunk,
-                     "rounds": rounds, "ms_per_iter": round(t[len(t) // 2], 2), "ms_min": round(t[0], 2),
-                     "mse_after": res["mse_after"], "hash": h})
-    rows[-1]["speedup"] = round(rows[0]["ms_per_iter"] / rows[-1]["ms_per_iter"], 2)
+            res = m["ptq.recon.stage"].reconstruct_unit(
+                "blocks.1", scratch, dataclasses.replace(rc, iters=iters, **options), fp_in, q_in, target,
+                *mse_args(m["ptq.recon.stage"], rc), torch.Generator().manual_seed(0), False)
+            h = scratch_hash(model, unit, scratch)
+        t = sorted(times[label])
+        rows.append({"mode": "unit", "method": method, "code": label, "iters": iters, "chunk": chunk,
+                     "rounds": rounds, "ms_per_iter": round(statistics.median(t), 2), "ms_min": round(t[0], 2),
+                     "first_turn_s": round(first[label], 2), "mse_after": res["mse_after"], "hash": h})
+    for row in rows[1:]:
+        row["speedup"] = round(rows[0]["ms_per_iter"] / row["ms_per_iter"], 2)
     return rows
 
 
-def run_worker(path: str, mode: str, method: str, iters: int, threads: int, max_test: int) -> dict:
+def calib_side_by_side(codes: list[Code], method: str, rounds: int) -> list[dict]:
+    """The method's calibration (its searches; no reconstruction) of fmnist_vit W4A4 by each code, alternating,
+    `rounds` times each: seconds (median) and the hash of the calibrated parameters."""
+    import torch
+
+    times: dict[str, list[float]] = {c.name: [] for c in codes}
+    hashes: dict[str, str] = {}
+    for _ in range(rounds):
+        for code in codes:
+            with code as m:
+                cfg = m["ptq.cli"].compose_config(["model=fmnist_vit", f"quantizer={method}", "bits=w4a4",
+                                                   "logger=none", "data.max_test=16"])
+                torch.manual_seed(0)
+                model = m["ptq.models"].build_model(cfg.model)
+                data = m["ptq.data"].build_data(cfg, model)
+                pcfg = m["ptq.quant"].resolve_ptq_config(cfg)
+                t0 = time.perf_counter()
+                m["ptq.quant"].quantize_model(model, pcfg, data.calib_images, data.calib_labels, progress=False)
+                times[code.name].append(time.perf_counter() - t0)
+                hashes[code.name] = params_hash(model)
+    rows = []
+    for code in codes:
+        t = sorted(times[code.name])
+        rows.append({"mode": "calib", "method": method, "code": code.name, "rounds": rounds,
+                     "calib_s": round(statistics.median(t), 2), "calib_min_s": round(t[0], 2),
+                     "hash": hashes[code.name]})
+    rows[-1]["speedup"] = round(rows[0]["calib_s"] / rows[-1]["calib_s"], 2)
+    return rows
+
+
+def scratch_hash(model, unit, scratch) -> str:
+    """params_hash of `model` with `scratch` (a reconstructed copy of its `unit`) in the unit's place."""
+    parent, _, leaf = next(n for n, mod in model.named_modules() if mod is unit).rpartition(".")
+    holder = model.get_submodule(parent) if parent else model
+    setattr(holder, leaf, scratch)
+    try:
+        return params_hash(model)
+    finally:
+        setattr(holder, leaf, unit)
+
+
+def run_worker(path: str, mode: str, method: str, iters: int, threads: int, max_test: int, variant: str = "eager",
+               seed: int = 3, cache_dir: str | None = None) -> dict:
     env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": str(threads)}
+    if cache_dir:      # the compile caches of torch.compile (inductor's and its FX graph cache) in this folder
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
     load0 = os.getloadavg()[0]
     cmd = [sys.executable, __file__, "--worker", mode, "--methods", method, "--iters", str(iters),
-           "--threads", str(threads), "--max-test", str(max_test)]
+           "--threads", str(threads), "--max-test", str(max_test), "--variants", variant, "--seeds", str(seed)]
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
     res = json.loads(out.strip().splitlines()[-1])
     return {**res, "load": f"{load0:.1f}/{os.getloadavg()[0]:.1f}"}
@@ -216,14 +284,17 @@ def table(rows: list[dict], cols: list[str]) -> str:
 def write(rows: list[dict], argv: str) -> str:
     path = OUT / "benchmark_recon.json"
     old = json.loads(path.read_text()) if path.is_file() else []
-    key = ("mode", "method", "threads")
+    key = ("mode", "method", "threads", "cache", "seed")
     keep = [r for r in old if tuple(r.get(k) for k in key) not in {tuple(x.get(k) for k in key) for x in rows}]
-    allrows = keep + rows
+    allrows = keep + [{**r, "argv": r.get("argv", argv)} for r in rows]
     path.write_text(json.dumps(allrows, indent=1) + "\n")
+    commands = list(dict.fromkeys(r["argv"] for r in allrows if "argv" in r))
     unit = [r for r in allrows if r["mode"] == "unit"]
+    calib = [r for r in allrows if r["mode"] == "calib"]
     stage = [r for r in allrows if r["mode"] == "stage"]
     md = ["# Reconstruction speed: before issue 23 (546eb90) and now, side by side", "",
-          f"`PYTHONPATH=$PWD python experiments/speed/benchmark_recon.py {argv}` (rows accumulate over runs)", "",
+          "`PYTHONPATH=$PWD python experiments/speed/benchmark_recon.py ARGS` (rows accumulate over runs), ARGS:", "",
+          *[f"- `{c}`" for c in commands], "",
           "fmnist_vit W4A4 (threads: the column); `--stage`: old and new worker processes interleaved "
           "(round = one old and one new "
           "run, back to back). `hash`: the hardened rounding, learned steps and every other saved quantizer "
@@ -234,11 +305,17 @@ def write(rows: list[dict], argv: str) -> str:
                "One process, old and new alternating every `chunk` steps, `rounds` turns each: `ms_per_iter` the "
                "median turn, `ms_min` the fastest; `hash` after `iters` steps of each from the same start.", "",
                table(unit, ["method", "code", "threads", "chunk", "rounds", "ms_per_iter", "ms_min", "speedup",
-                            "iters", "mse_after", "hash", "load"]), ""]
+                            "first_turn_s", "iters", "mse_after", "hash", "load"]), ""]
+    if calib:
+        md += ["## The method's calibration (its searches), no reconstruction", "",
+               "One process, old and new alternating, `rounds` turns each: `calib_s` the median, `hash` of the "
+               "calibrated parameters.", "",
+               table(calib, ["method", "code", "threads", "rounds", "calib_s", "calib_min_s", "speedup", "hash",
+                             "load"]), ""]
     if stage:
         md += ["## The whole reconstruct stage (6 units x 300 steps) after calibration", "",
-               table(stage, ["method", "round", "code", "calib_s", "recon_s", "s_per_block", "speedup", "top1",
-                             "agreement", "kl_fp32", "hash", "load"]), ""]
+               table(stage, ["method", "seed", "round", "code", "threads", "cache", "calib_s", "recon_s",
+                             "s_per_block", "speedup", "top1", "agreement", "kl_fp32", "hash", "load"]), ""]
     text = "\n".join(md)
     path.with_suffix(".md").write_text(text)
     return text
@@ -251,47 +328,64 @@ def main() -> None:
     ap.add_argument("--iters", type=int, default=60, help="unit: steps of the hash run")
     ap.add_argument("--chunk", type=int, default=10, help="unit: steps per timed old / new turn")
     ap.add_argument("--stage", action="store_true", help="the whole reconstruct stage instead of one block")
+    ap.add_argument("--calib", action="store_true", help="the method's calibration (its searches) instead")
     ap.add_argument("--methods", nargs="+", default=["ptq4vit"])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", nargs="+", default=["eager"], choices=list(VARIANTS),
+                    help="unit: the current code's step forms timed against the old code (recon.compile, "
+                         "recon.precision)")
     ap.add_argument("--max-test", type=int, default=2000)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[3],
+                    help="stage: calib.seed values (the calibration and reconstruction images, the step draws)")
+    ap.add_argument("--cold-cache", action="store_true", help="stage: each worker compiles from an empty cache")
     ap.add_argument("--worker", choices=["unit", "stage"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         import torch
 
         torch.set_num_threads(args.threads)
-        print(json.dumps(worker(args.worker, args.methods[0], args.iters, args.max_test)))
+        print(json.dumps(worker(args.worker, args.methods[0], args.iters, args.max_test, args.variants[0],
+                                args.seeds[0])))
         return
-    mode = "stage" if args.stage else "unit"
+    mode = "stage" if args.stage else "calib" if args.calib else "unit"
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         archive = subprocess.run(["git", "archive", args.old_rev, "ptq", "conf"], cwd=ROOT, capture_output=True,
                                  check=True).stdout
         subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
-        if mode == "unit":
+        if mode in ("unit", "calib"):
             import torch
 
             torch.set_num_threads(args.threads)
             load0 = os.getloadavg()[0]
             codes = [Code(args.old_rev, tmp), Code("current", str(ROOT))]
             for method in args.methods:
-                for row in unit_side_by_side(codes, method, args.iters, args.chunk, args.rounds):
+                rows_of = calib_side_by_side(codes, method, args.rounds) if mode == "calib" else \
+                    unit_side_by_side(codes, method, args.iters, args.chunk, args.rounds, args.variants)
+                for row in rows_of:
                     rows.append({**row, "threads": args.threads, "load": f"{load0:.1f}/{os.getloadavg()[0]:.1f}"})
                     print(json.dumps(rows[-1]), flush=True)
             print(write(rows, " ".join(sys.argv[1:])))
             return
         for method in args.methods:
-            for r in range(1, args.rounds + 1):
-                pair = {}
-                for code, path in ((args.old_rev, tmp), ("current", str(ROOT))):
-                    res = run_worker(path, mode, method, args.iters, args.threads, args.max_test)
-                    pair[code] = res
-                    rows.append({"mode": mode, "method": method, "round": r, "code": code, "threads": args.threads,
-                                 "iters": args.iters if mode == "unit" else 300, **res})
-                    print(json.dumps(rows[-1]), flush=True)
-                key = "ms_per_iter" if mode == "unit" else "s_per_block"
-                rows[-1]["speedup"] = round(pair[args.old_rev][key] / pair["current"][key], 2)
-                write(rows, " ".join(sys.argv[1:]))
+            for seed in args.seeds:
+                for r in range(1, args.rounds + 1):
+                    runs = [(args.old_rev, tmp, "eager")] + [
+                        ("current" if v == "eager" else f"current+{v}", str(ROOT), v) for v in args.variants]
+                    base = None
+                    for code, path, variant in runs:
+                        cache = tempfile.mkdtemp(dir=tmp) if args.cold_cache else None
+                        res = run_worker(path, mode, method, args.iters, args.threads, args.max_test, variant, seed,
+                                         cache)
+                        rows.append({"mode": mode, "method": method, "seed": seed, "round": r, "code": code,
+                                     "threads": args.threads, "cache": "cold" if args.cold_cache else "warm",
+                                     "iters": 300, **res})
+                        if base is None:
+                            base = res
+                        else:
+                            rows[-1]["speedup"] = round(base["recon_s"] / res["recon_s"], 2)
+                        print(json.dumps(rows[-1]), flush=True)
+                        write(rows, " ".join(sys.argv[1:]))
     print(write(rows, " ".join(sys.argv[1:])))
 
 

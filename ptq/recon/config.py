@@ -5,6 +5,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ptq.errors import PTQError, choices
 from ptq.recon.losses import RECON_LOSSES
+from ptq.recon.step import PRECISIONS
 from ptq.recon.units import UNITS
 from ptq.schema import ReconConfig
 
@@ -17,7 +18,8 @@ def resolve_recon(rc: DictConfig) -> ReconConfig:
     """The reconstruction settings as a dataclass (recorded in results.json's ptq_config)."""
     r = ReconConfig(**OmegaConf.to_container(rc, resolve=True))
     for key, valid in (("unit", UNITS), ("inputs", INPUTS), ("loss", tuple(RECON_LOSSES)),
-                       ("loss_direction", DIRECTIONS), ("head_loss", HEAD_LOSSES)):
+                       ("loss_direction", DIRECTIONS), ("head_loss", HEAD_LOSSES),
+                       ("precision", PRECISIONS)):
         if getattr(r, key) not in valid:
             raise PTQError(f"unknown recon.{key}={getattr(r, key)}; valid: {choices(valid)}")
     for key, ok, what in (("iters", r.iters >= 0, "an integer >= 0"), ("batch_size", r.batch_size >= 1, ">= 1"),

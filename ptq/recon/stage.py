@@ -31,12 +31,11 @@ from ptq.recon.learnable import install
 from ptq.recon.losses import get_recon_loss
 from ptq.recon.losses.base import LOSS_KEYS, CaptureContext, Criterion, squared_error
 from ptq.recon.losses.base import reads as loss_reads
+from ptq.recon.step import compiled_step_loss, step_loss
 from ptq.recon.units import find_units
 from ptq.schema import ReconConfig
 
 log = logging.getLogger("ptq.recon")
-
-
 
 
 def output_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, kl: bool,
@@ -80,7 +79,10 @@ def reconstruct_unit(name: str, unit: nn.Module, rc: ReconConfig, fp_in: list[to
     rounding, steps = inst.rounding(), inst.steps()
     groups = ([{"params": [m.alpha for m in rounding], "lr": rc.lr_rounding}] if rounding else []) + \
              ([{"params": steps, "lr": rc.lr_step, "step_sizes": True}] if steps else [])
-    opt = torch.optim.Adam(groups) if groups and rc.iters > 0 else None
+    fast = rc.compile or rc.precision != "float32"     # the opt-in step forms (ptq/recon/step.py)
+    # the fused Adam with the compiled step (one kernel for all tensors; its sums differ from the default's)
+    opt = torch.optim.Adam(groups, fused=True if rc.compile else None) if groups and rc.iters > 0 else None
+    step_fn = compiled_step_loss() if rc.compile else step_loss
     n = len(target)
     losses: list[float] = []
     bar = tqdm(range(1, rc.iters + 1) if opt else [], desc=f"reconstruct {name}", unit="it", leave=False,
@@ -90,13 +92,17 @@ def reconstruct_unit(name: str, unit: nn.Module, rc: ReconConfig, fp_in: list[to
         for t in bar:
             idx = torch.randperm(n, generator=generator)[:rc.batch_size].to(target.device)
             b = annealed_b(t, rc.iters, rc.warmup, rc.b_start, rc.b_end)
-            inst.set_exponent(b)    # the rounding regularizer is computed in the forward, from the same sigmoid
             with torch.enable_grad():
-                out = unit(*_train_inputs(rc, fp_in, q_in, idx))
-                rec = criterion(out, target[idx], idx)
-                loss = rec
-                if b is not None and rounding:
-                    loss = rec + rc.reg_lambda * sum(m.regularizer(b) for m in rounding)
+                if fast:     # b a tensor: the compiled graph does not specialize on it
+                    loss, rec = step_fn(unit, rounding, criterion, rc.reg_lambda, _train_inputs(rc, fp_in, q_in, idx),
+                                        target[idx], idx, None if b is None else torch.tensor(b), rc.precision)
+                else:
+                    inst.set_exponent(b)    # the rounding regularizer is computed in the forward (same sigmoid)
+                    out = unit(*_train_inputs(rc, fp_in, q_in, idx))
+                    rec = criterion(out, target[idx], idx)
+                    loss = rec
+                    if b is not None and rounding:
+                        loss = rec + rc.reg_lambda * sum(m.regularizer(b) for m in rounding)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             for g in opt.param_groups:
