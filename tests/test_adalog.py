@@ -402,6 +402,67 @@ def test_official_search_table_is_the_references():
     assert not torch.equal(reference_search_table(4)[[10, 26, 22]], adalog_table(4)[[10, 26, 22]])
 
 
+@pytest.mark.parametrize("form", ["official", "paper"])
+def test_official_scores_linear_candidates_on_the_direct_output(monkeypatch, form):
+    """The official form scores a linear's weight and input candidates as the reference does, on the direct
+    output -mean_t (x_q W_c^T + b - y)^2 summed over samples (checked against numpy float64 on every candidate of
+    every beam stage), never through the Gram-matrix shortcut of calib.fast_paths, whose other order of sums
+    flipped near-ties of the last beam stages (24 of 96 attn.proj rows on an outside checkpoint); the paper form
+    keeps the shortcut."""
+    from ptq.metrics import get_metric
+    from ptq.quant.modules import QLinear
+    from ptq.quant.stages import adalog as stage
+
+    torch.manual_seed(5)
+    lin = nn.Linear(6, 4)
+    x = torch.randn(3, 7, 6)
+    with torch.no_grad():
+        y = lin(x)
+    op = QLinear(lin, QUANTIZERS["uniform_grid"](4, Layout(-2, 4, 4), form=form),
+                 QUANTIZERS["uniform_grid"](4, Layout(), form=form, z_grid="input"))
+    shortcut_calls, checked, scoring = [], [], []
+    real_shortcut, real_beam, real_fit = stage.mse_shortcut, stage.run_beam, stage.LayerSearch.fit
+
+    def noting_fit(self, operand, score):
+        scoring.append(score)
+        return real_fit(self, operand, score)
+
+    def spy_shortcut(*a, **k):
+        shortcut_calls.append(a[1])
+        return real_shortcut(*a, **k)
+
+    def checking_beam(plan, fn, rescore_centres):
+        def checked_fn(cand):
+            scores = fn(cand)
+            operand = "weight" if cand.shape[1] == 4 else "input"
+            if form == "official" and scoring[-1] == "output" and checked.count(operand) < 3:
+                xq = op.input_quantizer.fake(x, op.input_quantizer.param) if operand == "weight" else None
+                for c in range(cand.shape[0]):
+                    if operand == "weight":
+                        wc = op.weight_quantizer.fake(op.weight, cand[c]).double().numpy()
+                        xc = xq.double().numpy()
+                    else:
+                        wc = op.weight_quantizer.fake(op.weight, op.weight_quantizer.param).double().numpy()
+                        xc = op.input_quantizer.fake(x, cand[c]).double().numpy()
+                    err = (xc @ wc.T + lin.bias.detach().double().numpy() - y.double().numpy()) ** 2
+                    expect = -err.mean(axis=1).sum(axis=0)                          # per output row
+                    expect = expect if operand == "weight" else np.array([expect.mean()])
+                    np.testing.assert_allclose(scores[c].numpy(), expect, rtol=1e-4, atol=1e-9)
+                checked.append(operand)
+            return scores
+        return real_beam(plan, checked_fn, rescore_centres=rescore_centres)
+
+    monkeypatch.setattr(stage, "mse_shortcut", spy_shortcut)
+    monkeypatch.setattr(stage, "run_beam", checking_beam)
+    monkeypatch.setattr(stage.LayerSearch, "fit", noting_fit)
+    with torch.no_grad():
+        stage.LayerSearch("lin", op, {"input": x, "out": y}, get_metric("mse"), 8.0, fast=True).run(2)
+    if form == "official":
+        assert shortcut_calls == [] and checked.count("weight") == 3 and checked.count("input") == 3
+    else:
+        assert "weight" in shortcut_calls
+
+
 # -- the LayerNorm reparameterization -----------------------------------------------------------------------------
 def test_layernorm_reparameterization_keeps_function_and_aligns_ranges():
     """Section 2.6 on a LayerNorm -> linear pair: float output unchanged (<= 1e-5 relative) and every channel's

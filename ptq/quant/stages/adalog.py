@@ -24,8 +24,9 @@ post-GELU) stops subtracting the shift, which moves into the linear's bias: b <-
 the quantized weight (section 2.5); the output is unchanged.
 
 Compat (`quantizer.compat`, i.e. each quantizer's form): official = the reference (beam centres not re-scored;
-the reparameterization skipped when bits.a != bits.w, quirk 11); paper re-scores beam centres and always
-reparameterizes a per-channel post-LayerNorm input.
+the reparameterization skipped when bits.a != bits.w, quirk 11; every candidate scored on the direct output, never
+through `calib.fast_paths`); paper re-scores beam centres, always reparameterizes a per-channel post-LayerNorm
+input and takes the fast paths.
 """
 from __future__ import annotations
 
@@ -61,7 +62,10 @@ class LayerSearch:
                  fast: bool = False, search=None):
         self.name, self.op, self.cap, self.metric, self.chunk_mb = name, op, cap, metric, chunk_mb
         self.search = search   # the flat candidate grid (quantizer.search) of quantizers without a beam plan
-        self.fast = fast   # exact algebraic shortcuts of the mse metric (ptq/quant/fast_paths.py)
+        # exact algebraic shortcuts of the mse metric (ptq/quant/fast_paths.py), paper form only: the official form
+        # scores on the direct float32 output like the reference, whose near-ties (last beam stages, scores a few
+        # ulps apart) the Gram-matrix sums order differently (issue 22 item 5: 24 of 96 attn.proj weight rows)
+        self.fast = fast
         self.result = OpResult(name)
         self.round = -1
 
@@ -74,7 +78,7 @@ class LayerSearch:
         if score == "self":
             def fn(cand):
                 return self_scores(q, x, cand, self.chunk_mb)
-        elif self.fast and (fast := mse_shortcut(self.op, operand, q)) is not None:
+        elif self.fast and q.form != "official" and (fast := mse_shortcut(self.op, operand, q)) is not None:
             def fn(cand):
                 return fast(self.op, cand, self.cap, self.chunk_mb)
         else:
