@@ -102,10 +102,12 @@ def test_launchers_compose():
 def test_threads(monkeypatch):
     import torch
 
-    before = torch.get_num_threads()
+    from ptq.cli import default_threads
+
+    before = torch.get_num_threads()   # what earlier tests left (some pin one thread)
     assert compose_config([]).threads is None
     apply_threads(OmegaConf.create({"threads": None}))
-    assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == default_threads()
     monkeypatch.setenv("OMP_NUM_THREADS", str(before))
     try:
         apply_threads(OmegaConf.create({"threads": 1}))
