@@ -91,3 +91,17 @@ def ptq_config(*overrides: str, search=None):
 
     pcfg = resolve_ptq_config(compose_config(list(overrides)))
     return dataclasses.replace(pcfg, search=search) if search is not None else pcfg
+
+
+def random_model_and_images(cfg, n_extra: int, n_calib: int = 8):
+    """A randomly initialized model of `cfg.model` (torch seed 0), `n_calib` calibration images and `n_extra`
+    further images (reconstruction / compensation) with zero labels, drawn from a generator seeded 1."""
+    import torch
+
+    from ptq.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    g = torch.Generator().manual_seed(1)
+    x, extra = torch.randn(n_calib, 1, 28, 28, generator=g), torch.randn(n_extra, 1, 28, 28, generator=g)
+    return model, x, (extra, torch.zeros(n_extra, dtype=torch.long))

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import random_model_and_images
 from timm.layers import Mlp
 from torch import nn
 
@@ -119,11 +120,7 @@ def test_positive_quantile_matches_numpy():
 
 def _setup(compose, *overrides, model="fmnist_vit"):
     cfg = compose([*CALIB, f"model={model}", "model.checkpoint=null", *overrides])
-    torch.manual_seed(0)
-    m = build_model(cfg.model)
-    g = torch.Generator().manual_seed(1)
-    x, rx = torch.randn(8, 1, 28, 28, generator=g), torch.randn(16, 1, 28, 28, generator=g)
-    return cfg, m, x, (rx, torch.zeros(16, dtype=torch.long))
+    return cfg, *random_model_and_images(cfg, 16)
 
 
 @pytest.mark.parametrize("model", ["fmnist_vit", "fmnist_swin"])

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import random_model_and_images
 
 from ptq.errors import PTQError
 from ptq.models import build_model
@@ -120,11 +121,7 @@ def test_recon_config_presets_and_errors(compose):
 
 def _random_setup(compose, *overrides):
     cfg = compose([*CALIB, "model.checkpoint=null", *overrides])
-    torch.manual_seed(0)
-    model = build_model(cfg.model)
-    g = torch.Generator().manual_seed(1)
-    x, rx = torch.randn(8, 1, 28, 28, generator=g), torch.randn(24, 1, 28, 28, generator=g)
-    return cfg, model, x, (rx, torch.zeros(24, dtype=torch.long))
+    return cfg, *random_model_and_images(cfg, 24)
 
 
 @pytest.mark.parametrize("model", ["fmnist_vit", "fmnist_swin"])
