@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ptq.errors import PTQError
+from ptq.quant.params import write_safetensors_atomic
 from ptq.quantizers.base import Quantizer
 
 WEIGHTS_FILE = "model_weights.safetensors"
@@ -26,17 +27,8 @@ def model_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model_weights(model: nn.Module, path: str | Path) -> Path:
-    """Write the model's weights (model_weights) atomically."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        save_file(model_weights(model), str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write the model's weights (model_weights) atomically, as the quantizer parameters are written."""
+    return write_safetensors_atomic(model_weights(model), path)
 
 
 @torch.no_grad()

@@ -46,8 +46,6 @@ def register_saved_state(group: str, save, restore) -> None:
 
 
 def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
     tensors, meta = quant_state(model)
     md = {"quantizers": json.dumps(meta)}
     for group, state in SAVED_STATES.items():
@@ -55,11 +53,20 @@ def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, st
         tensors.update(extra)
         md[group] = json.dumps(extra_meta)
     md.update(metadata or {})
+    write_safetensors_atomic(tensors, path, md)
+
+
+def write_safetensors_atomic(tensors: dict[str, torch.Tensor], path: str | Path,
+                             metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file through a uniquely named temporary file and a rename (concurrent saves never share
+    a temporary file, a crash never leaves half a file); a full disk is one error naming the file."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex}.tmp")  # unique: concurrent saves
     with writing(path):   # a full disk: one error naming the file, no temporary file left
         try:
-            save_file(tensors, str(tmp), metadata=md)
+            save_file(tensors, str(tmp), metadata=metadata)
             tmp.replace(path)
         except BaseException as e:
             tmp.unlink(missing_ok=True)
@@ -67,6 +74,7 @@ def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, st
             if io and not isinstance(e, OSError):
                 raise OSError(int(io.group(2)), io.group(1)) from e
             raise
+    return path
 
 
 def load_quant_params(model: nn.Module, path: str | Path, settings: dict[str, str] | None = None) -> None:
