@@ -160,12 +160,13 @@ class ReconConfig:
     n_images: int = 1024             # train images after the calibration ones in the calib.seed permutation
     inputs: str = "quantized"        # unit inputs: quantized (the quantized model's, BRECQ) | float (AdaLog)
     loss: str = "mse"                # the unit-output loss, ptq/recon/losses/: mse | fisher (BRECQ) | aph (APHQ-ViT)
-    #                                  | fisher_dplr (FIMA-Q); what each computes: ptq/recon/losses/SPEC.md
-    loss_rank: int = 5               # fisher_dplr: rank of the low-rank part (FIMA-Q's k = 5)
+    #                                  | fisher_dplr (FIMA-Q) | fisher_dplr_official (FIMA-Q's code); what each
+    #                                  computes: ptq/recon/losses/SPEC.md
+    loss_rank: int = 5               # fisher_dplr: rank of the low-rank part (FIMA-Q's k = 5); _official: refreshes
     loss_draws: int = 4              # aph: perturbation directions averaged per image
     loss_direction: str = "rademacher"   # aph: rademacher (a diagonal estimate) | ones (the reference code's)
     loss_eps: float = 1e-3           # aph: finite-difference step along each direction (the reference: 1e-6)
-    loss_temp: float = 20.0          # aph: softmax temperature of the KL distillation loss (both references: 20)
+    loss_temp: float = 20.0          # aph, fisher_dplr_official: temperature of the KL (both references: 20)
     head_loss: str = "mse"           # the classifier head's loss: mse | kl (KL(float || quantized) of the softmax)
     rec_scale: float = 1.0           # factor of the output loss (sum over dim 1, mean over the others)
     learn_rounding: bool = True      # learn the rounding of weights whose quantizer declares learnable_rounding

@@ -16,7 +16,7 @@ from ptq.errors import PTQError, choices
 from ptq.recon.capture import capture_unit
 
 Criterion = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-NEEDS = ("nothing", "squared_gradients", "gradient_samples", "hessian_diagonal")
+NEEDS = ("nothing", "squared_gradients", "gradient_samples", "hessian_diagonal", "refreshed_gradients")
 
 
 @dataclass
