@@ -418,3 +418,67 @@ def test_settings_table_names_first_last_and_fallback_slots(tmp_path):
     assert on["head input"] == "= input (8-bit)" and on["first/last"] == "8-bit"
     assert on["weights"] == "uniform_asym channel 4-bit" and on["calibration"] == "32 img, eval transform"
     assert on["reconstruction"] == "none"
+
+
+def _compensated_job(folder: Path, name: str, seed: int, top1: float, record: dict | None = None, **settings) -> Path:
+    """A RepQ-ViT W4A4 job with `compensate=<name>` (and its settings) and, if given, its results.json
+    `compensation` record."""
+    folder = write_job(folder, "fmnist_vit", "repq_vit", 4, top1, metric="hessian", seed=seed)
+    _with_config(folder, compensate={"name": name, **settings})
+    if record is not None:
+        data = json.loads((folder / "results.json").read_text())
+        data["compensation"] = record
+        (folder / "results.json").write_text(json.dumps(data))
+    return folder
+
+
+def _qwt_record(compat: str, kept: bool, seconds: float) -> dict:
+    params = 9312 if kept else 0
+    return {"name": "qwt", "compat": compat, "images": 512, "augmentation": "none" if compat == "paper" else "train",
+            "ridge": 0.001 if compat == "paper" else 0.0, "solver": "solve64" if compat == "paper" else "inverse32",
+            "precision": "fp16", "kept": int(kept), "added_params": params, "added_macs_per_image": 50 * params,
+            "seconds": seconds, "blocks": [{"block": "blocks.0", "r2": 0.2 if kept else -0.4, "kept": kept,
+                                            "params": params, "seconds": seconds}]}
+
+
+def test_compensation_columns_labels_and_costs(tmp_path):
+    """compensate=qwt runs are their own columns, `RepQ-ViT W4A4 + QwT`, the official form `+ QwT (official)`,
+    ERQ `+ ERQ` (its preset's other image settings are not worded); the settings table says what each compensation
+    was and what it cost (parameters / MACs per image per run, seconds mean ± std: 1 and 3 s -> 2.0 ± 1.4);
+    runs.csv has the costs, 0 for the runs without compensation. A report without compensation has none of it."""
+    d = tmp_path / "comp"
+    _compensated_job(d / "n0", "none", 0, 80.0)
+    _compensated_job(d / "n1", "none", 1, 81.0)
+    _compensated_job(d / "q0", "qwt", 0, 82.0, _qwt_record("paper", True, 1.0), compat="paper", n_images=512)
+    _compensated_job(d / "q1", "qwt", 1, 84.0, _qwt_record("paper", False, 3.0), compat="paper", n_images=512)
+    _compensated_job(d / "o0", "qwt", 0, 83.0, _qwt_record("official", True, 2.0), compat="official",
+                     n_images=512)
+    erq = {"name": "erq", "compat": "paper", "images": 32, "inputs": "quantized_stream", "coe": 20000.0,
+           "solver": "solve64", "kept": 2, "added_params": 0, "added_macs_per_image": 0, "seconds": 0.5,
+           "blocks": [], "layers": [{"layer": "blocks.0.attn.qkv"}, {"layer": "blocks.0.attn.proj"}]}
+    _compensated_job(d / "e0", "erq", 0, 81.5, erq, compat="paper", n_images=32, distinct=False,
+                     augmentation="none")
+    rep = report.build_report([d])
+    # none 80, 81 -> 80.50 ± 0.71; qwt 82, 84 -> 83.00 ± 1.41
+    assert rows(rep["table"]) == [{"model": "fmnist_vit", "FP32": "90.00", "RepQ-ViT W4A4": "80.50 ± 0.71",
+                                   "RepQ-ViT W4A4 + QwT": "83.00 ± 1.41", "RepQ-ViT W4A4 + QwT (official)": "83.00†",
+                                   "RepQ-ViT W4A4 + ERQ": "81.50†"}]
+    cost = ["compensation", "maps kept", "params added", "MACs/image added", "compensation s"]
+    settings = {r["column"]: [r[c] for c in cost] for r in rows(rep["settings"])}
+    assert settings == {
+        "RepQ-ViT W4A4": ["none", "—", "0", "0", "0"],
+        "RepQ-ViT W4A4 + QwT": ["QwT paper: 512 img (none), ridge 0.001, solve64, fp16 side path", "1 of 1 / 0 of 1",
+                                "9,312 / 0", "465,600 / 0", "2.0 ± 1.4"],
+        "RepQ-ViT W4A4 + QwT (official)": ["QwT official: 512 img (train), ridge 0.0, inverse32, fp16 side path",
+                                           "1 of 1", "9,312", "465,600", "2.0"],
+        "RepQ-ViT W4A4 + ERQ": ["ERQ paper: 32 img, quantized_stream inputs, coe 20000.0, solve64",
+                                "2 layers edited", "0", "0", "0.5"]}
+    runs = rep["tables"]["runs"].set_index("path")
+    assert runs.loc["n0", ["compensate", "added_params", "added_macs_per_image", "compensate_seconds"]].tolist() \
+        == ["none", 0, 0, 0]
+    assert runs.loc["q1", ["compensate", "compensate_compat", "compensate_kept", "added_params"]].tolist() \
+        == ["qwt", "paper", 0, 0]
+    assert runs.loc["o0", ["compensate_compat", "added_params", "added_macs_per_image", "compensate_seconds"]
+                    ].tolist() == ["official", 9312, 465600, 2.0]
+    plain = report.build_report([d / "n0", d / "n1"])
+    assert "compensation" not in plain["settings"].display and "added_params" not in plain["tables"]["runs"]
