@@ -9,7 +9,7 @@ import pytest
 
 from ptq import report
 from ptq.reference_results import TABLE1, ablation_reference, table1_reference
-from tests.results_factory import jobs_from_runs_csv, write_job
+from tests.results_factory import jobs_from_runs_csv, qwt_record, write_compensated_job, write_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -420,43 +420,22 @@ def test_settings_table_names_first_last_and_fallback_slots(tmp_path):
     assert on["reconstruction"] == "none"
 
 
-def _compensated_job(folder: Path, name: str, seed: int, top1: float, record: dict | None = None, **settings) -> Path:
-    """A RepQ-ViT W4A4 job with `compensate=<name>` (and its settings) and, if given, its results.json
-    `compensation` record."""
-    folder = write_job(folder, "fmnist_vit", "repq_vit", 4, top1, metric="hessian", seed=seed)
-    _with_config(folder, compensate={"name": name, **settings})
-    if record is not None:
-        data = json.loads((folder / "results.json").read_text())
-        data["compensation"] = record
-        (folder / "results.json").write_text(json.dumps(data))
-    return folder
-
-
-def _qwt_record(compat: str, kept: bool, seconds: float) -> dict:
-    params = 9312 if kept else 0
-    return {"name": "qwt", "compat": compat, "images": 512, "augmentation": "none" if compat == "paper" else "train",
-            "ridge": 0.001 if compat == "paper" else 0.0, "solver": "solve64" if compat == "paper" else "inverse32",
-            "precision": "fp16", "kept": int(kept), "added_params": params, "added_macs_per_image": 50 * params,
-            "seconds": seconds, "blocks": [{"block": "blocks.0", "r2": 0.2 if kept else -0.4, "kept": kept,
-                                            "params": params, "seconds": seconds}]}
-
-
 def test_compensation_columns_labels_and_costs(tmp_path):
     """compensate=qwt runs are their own columns, `RepQ-ViT W4A4 + QwT`, the official form `+ QwT (official)`,
     ERQ `+ ERQ` (its preset's other image settings are not worded); the settings table says what each compensation
     was and what it cost (parameters / MACs per image per run, seconds mean ± std: 1 and 3 s -> 2.0 ± 1.4);
     runs.csv has the costs, 0 for the runs without compensation. A report without compensation has none of it."""
     d = tmp_path / "comp"
-    _compensated_job(d / "n0", "none", 0, 80.0)
-    _compensated_job(d / "n1", "none", 1, 81.0)
-    _compensated_job(d / "q0", "qwt", 0, 82.0, _qwt_record("paper", True, 1.0), compat="paper", n_images=512)
-    _compensated_job(d / "q1", "qwt", 1, 84.0, _qwt_record("paper", False, 3.0), compat="paper", n_images=512)
-    _compensated_job(d / "o0", "qwt", 0, 83.0, _qwt_record("official", True, 2.0), compat="official",
+    write_compensated_job(d / "n0", "none", 0, 80.0)
+    write_compensated_job(d / "n1", "none", 1, 81.0)
+    write_compensated_job(d / "q0", "qwt", 0, 82.0, qwt_record("paper", True, 1.0), compat="paper", n_images=512)
+    write_compensated_job(d / "q1", "qwt", 1, 84.0, qwt_record("paper", False, 3.0), compat="paper", n_images=512)
+    write_compensated_job(d / "o0", "qwt", 0, 83.0, qwt_record("official", True, 2.0), compat="official",
                      n_images=512)
     erq = {"name": "erq", "compat": "paper", "images": 32, "inputs": "quantized_stream", "coe": 20000.0,
            "solver": "solve64", "kept": 2, "added_params": 0, "added_macs_per_image": 0, "seconds": 0.5,
            "blocks": [], "layers": [{"layer": "blocks.0.attn.qkv"}, {"layer": "blocks.0.attn.proj"}]}
-    _compensated_job(d / "e0", "erq", 0, 81.5, erq, compat="paper", n_images=32, distinct=False,
+    write_compensated_job(d / "e0", "erq", 0, 81.5, erq, compat="paper", n_images=32, distinct=False,
                      augmentation="none")
     rep = report.build_report([d])
     # none 80, 81 -> 80.50 ± 0.71; qwt 82, 84 -> 83.00 ± 1.41
