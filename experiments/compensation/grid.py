@@ -37,6 +37,7 @@ from ptq.report import (  # noqa: E402
     fmt_cell,
     load_records,
     model_order,
+    recon_label,
     usable,
 )
 
@@ -48,11 +49,12 @@ GRID = ROOT / "conf" / "experiment" / "compensation.yaml"
 
 
 def runs(folders) -> pd.DataFrame:
-    """One row per finished quantized run: its cell (model, method, bits, compensation), calibration seed,
-    measures and the compensation's cost."""
+    """One row per finished quantized run: its cell (model, method, bits, compensation; the method's official
+    form and a reconstruction are part of its name), calibration seed, measures and the compensation's cost."""
     df = usable(load_records(folders))
     df = df[df["enabled"].astype(bool)].copy()
-    df["method"] = [m if c in (None, "paper") else f"{m} ({c})" for m, c in zip(df["method"], df["compat"])]
+    df["method"] = [" ".join(filter(None, (m if c in (None, "paper") else f"{m} ({c})", recon_label(st))))
+                    for m, c, st in zip(df["method"], df["compat"], df["settings"])]   # `RepQ-ViT + BRECQ (...)`
     df["compensation"] = [compensate_label(s).removeprefix("+ ") or NONE for s in df["settings"]]
     df["maps"] = [len((c or {}).get("blocks") or []) if isinstance(c, dict) else 0
                   for c in df["compensation_record"]]
@@ -124,7 +126,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         rows.append(entry)
     out = pd.DataFrame(rows)
     models = model_order(out["model"])
-    order = [(models.index(r.model), _method_key(r.method.split(" (", 1)[0]), r.method, bits_order(r.bits),
+    order = [(models.index(r.model), _method_key(r.method.split(" ", 1)[0]), r.method, bits_order(r.bits),
               comp_key(r.compensation)) for r in out.itertuples()]
     return out.iloc[sorted(range(len(out)), key=order.__getitem__)].reset_index(drop=True)
 
