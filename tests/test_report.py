@@ -459,5 +459,8 @@ def test_compensation_columns_labels_and_costs(tmp_path):
         == ["qwt", "paper", 0, 0]
     assert runs.loc["o0", ["compensate_compat", "added_params", "added_macs_per_image", "compensate_seconds"]
                     ].tolist() == ["official", 9312, 465600, 2.0]
+    assert report.compensate_label({"compensate.name": "qwt", "compensate.compat": "paper",
+                                    "compensate.ridge": 0.0}) == "+ QwT (ridge 0.0)"   # not the preset's null
+    assert report.compensate_label({"compensate.name": "none"}) == ""
     plain = report.build_report([d / "n0", d / "n1"])
     assert "compensation" not in plain["settings"].display and "added_params" not in plain["tables"]["runs"]
