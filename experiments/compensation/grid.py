@@ -92,10 +92,11 @@ def _kept_text(cell: pd.DataFrame) -> str:
 
 
 def signed(mean: float, std: float, n: int, digits: int, unit: str = "") -> str:
-    """`+1.36 ± 0.50` (n > 1), `+1.36†` (one seed), "" (no pair); `unit` after the whole (`-31.0 ± 13.2 %`)."""
+    """`+1.36 ± 0.50` (n > 1), `+1.36†` (one seed), "" (no pair); `unit` after the numbers (`-31.0 ± 13.2 %`,
+    `-16.9 %†`)."""
     if n == 0 or math.isnan(mean):
         return ""
-    return f"{mean:+.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "†") + unit
+    return f"{mean:+.{digits}f}" + (f" ± {std:.{digits}f}{unit}" if n > 1 else f"{unit}†")
 
 
 def comp_key(name: str) -> tuple:
@@ -204,7 +205,8 @@ def plot(s: pd.DataFrame, path: Path) -> Path:
                         err = row[f"d {name} std"].iloc[0] if len(row) else float("nan")
                         errs.append(0.0 if math.isnan(err) else err)
                     ax.bar([x + (c - (len(comps) - 1) / 2) * width for x in range(len(methods))], vals, width,
-                           yerr=errs, capsize=2, color=colours[comp], label=comp)
+                           yerr=errs, capsize=2, color=colours[comp], label=comp,
+                           error_kw={"elinewidth": 0.8, "ecolor": "0.3"})
                 ax.axhline(0.0, color="black", linewidth=0.6)
                 ax.set_xticks(range(len(methods)), methods, fontsize=8)
                 ax.set_title(f"{model} {b}", fontsize=9)
