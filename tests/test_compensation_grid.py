@@ -61,7 +61,8 @@ def test_cells_by_hand(grid, sweep):
     assert (v2["d KL mean"], v2["d KL std"]) == pytest.approx(
         (statistics.mean([-10.0, 25.0]), statistics.stdev([-10.0, 25.0])))
     assert (none["kept"], none["params added"], none["comp s mean"]) == ("—", "0", 0.0)
-    assert grid.signed(-16.94, float("nan"), 1, 1, " %") == "-16.9 %†" and grid.signed(0.5, 0.25, 2, 2) == "+0.50 ± 0.25"
+    assert grid.signed(-16.94, float("nan"), 1, 1, " %") == "-16.9 %†"
+    assert grid.signed(0.5, 0.25, 2, 2) == "+0.50 ± 0.25"
     assert grid.signed(float("nan"), float("nan"), 0, 2) == ""
 
 
