@@ -53,7 +53,9 @@ def test_cells_by_hand(grid, sweep):
     assert (qwt["d KL mean"], qwt["d KL std"]) == pytest.approx(
         (statistics.mean([-50, -25, -25]), statistics.stdev([-50, -25, -25])))
     # the cost: seed 1 dropped its map (0 parameters), seconds 1, 2, 4
-    assert (qwt["kept"], qwt["params added"], qwt["MACs/image added"]) == ("0-1 of 1", "0-9,312", "0-465,600")
+    params, macs = grid.model_cost("fmnist_vit")
+    assert (qwt["kept"], qwt["params added"], qwt["MACs/image added"]) == (
+        "0-1 of 1", f"0-9,312 ({100 * 9312 / params:.1f} %)", f"0-465,600 ({100 * 465600 / macs:.1f} %)")
     assert (qwt["comp s mean"], qwt["comp s std"]) == pytest.approx((7 / 3, statistics.stdev([1.0, 2.0, 4.0])))
     v2 = s.loc["QwT-v2"]   # two seeds: paired on those two only (0.5 - 80 = +0.5, 80 - 81 = -1)
     assert v2["n"] == 2 and v2["pairs"] == 2
@@ -73,8 +75,8 @@ def test_table_plot_and_missing_cells(grid, sweep, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == text.strip()
     rows = {line.split(" | ")[3]: line for line in text.splitlines() if line.startswith("| fmnist_vit")}
     assert rows["QwT"] == ("| fmnist_vit | RepQ-ViT | W4A4 | QwT | 3 | 83.33 ± 2.31 | 92.83 ± 1.26 | 0.0667 ± 0.0208 "
-                           "| +2.00 ± 1.00 | +1.83 ± 1.26 | -33.3 ± 14.4 % | 0-1 of 1 | 0-9,312 | 0-465,600 "
-                           "| 2.3 ± 1.5 |")
+                           "| +2.00 ± 1.00 | +1.83 ± 1.26 | -33.3 ± 14.4 % | 0-1 of 1 | 0-9,312 (2.0 %) "
+                           "| 0-465,600 (1.9 %) | 2.3 ± 1.5 |")
     assert rows["none"].endswith("| — | — | — | — | 0 | 0 | 0 |")
     assert "| QwT-v2 | 2 | 80.25 ± 0.35 |" in rows["QwT-v2"]
     # the declared grid: 4 methods x 4 compensations per bit width, 3 seeds
@@ -83,3 +85,16 @@ def test_table_plot_and_missing_cells(grid, sweep, tmp_path, capsys):
     assert "RepQ-ViT qwt_v2 (2 of 3 seeds)" in w4 and "RepQ-ViT erq (0 of 3 seeds)" in w4
     assert "RepQ-ViT qwt " not in w4 and "RepQ-ViT none" not in w4
     assert (out / "grid.png").stat().st_size > 0 and (out / "grid.csv").read_text().startswith("model,method,bits")
+
+
+def test_model_cost_by_hand(grid):
+    """fmnist_vit (width 96, 4 blocks, 49 patches of 4x4x1 + the class token = 50 tokens, MLP 384, 10 classes):
+    per block qkv, proj, fc1, fc2 = 50 x 96 x (288 + 96 + 384 + 384) MACs and the attention matmuls 2 x 50^2 x 96;
+    the patch embedding 49 x 96 x 16, the head 96 x 10. Parameters: timm's count is the sum of the tensors."""
+    blocks = 4 * (50 * 96 * (288 + 96 + 384 + 384) + 2 * 50 * 50 * 96)
+    params, macs = grid.model_cost("fmnist_vit")
+    assert macs == blocks + 49 * 96 * 16 + 96 * 10
+    per_block = 96 * 288 + 288 + 96 * 96 + 96 + 96 * 384 + 384 + 384 * 96 + 96 + 4 * 96   # + two LayerNorms
+    embed = 96 * 16 + 96 + 96 + 50 * 96   # conv, its bias, class token, position embedding
+    assert params == 4 * per_block + embed + 2 * 96 + 96 * 10 + 10     # + final LayerNorm, head
+    assert grid.model_cost("fmnist_vit+severe") == (params, macs)     # a stressed test-bed: its base model

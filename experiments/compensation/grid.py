@@ -13,6 +13,7 @@ test-bed (model/outliers=<profile>) is its own model, `fmnist_vit+severe`. Cells
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import textwrap
 from pathlib import Path
@@ -64,6 +65,44 @@ def runs(folders) -> pd.DataFrame:
     for column in ("added_params", "added_macs_per_image", "compensate_seconds", "compensate_kept"):
         df.loc[none, column] = df.loc[none, column].fillna(0)
     return df
+
+
+@functools.cache
+def model_cost(name: str) -> tuple[int, int]:
+    """(parameters, multiply-accumulates per image) of the float model `name` (a stressed test-bed: its base
+    model): every Linear / Conv2d by forward hooks on one image of the model's input size, plus the attention
+    matmuls (q k^T and attn v: 2 N^2 C per block, N the tokens of a window) from each `attn.qkv` output."""
+    import timm
+    import torch
+
+    import ptq.models  # noqa: F401  (registers the test-bed models with timm)
+
+    model = timm.create_model(name.partition("+")[0]).eval()
+    macs = [0]
+
+    def layer(module, _, out):
+        if isinstance(module, torch.nn.Linear):
+            macs[0] += out.numel() * module.in_features
+        else:
+            macs[0] += out.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+
+    def attention(module, _, out):   # out: (windows or images, N, 3C)
+        tokens = out.shape[-2]
+        macs[0] += 2 * (out.numel() // out.shape[-1] // tokens) * tokens * tokens * module.in_features
+
+    for module_name, module in model.named_modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            module.register_forward_hook(layer)
+        if module_name.endswith("attn.qkv"):
+            module.register_forward_hook(attention)
+    with torch.no_grad():
+        model(torch.zeros(1, *model.pretrained_cfg["input_size"]))
+    return sum(p.numel() for p in model.parameters()), macs[0]
+
+
+def _with_share(text: str, value: float, total: int) -> str:
+    """`37,248 (8.2 %)`: a cost and its share of the float model's."""
+    return text if value == 0 else f"{text} ({100.0 * value / total:.1f} %)"
 
 
 def _paired(cell: pd.DataFrame, base: pd.DataFrame, column: str, relative: bool) -> tuple[float, float, int]:
@@ -121,8 +160,10 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
                 else (float("nan"), float("nan"), 0)
             entry[f"d {name} mean"], entry[f"d {name} std"], entry["pairs"] = delta
         entry["kept"] = _kept_text(cell)
-        entry["params added"] = _count_text(cell["added_params"])
-        entry["MACs/image added"] = _count_text(cell["added_macs_per_image"])
+        params, macs = model_cost(entry["model"])
+        entry["params added"] = _with_share(_count_text(cell["added_params"]), cell["added_params"].max(), params)
+        entry["MACs/image added"] = _with_share(_count_text(cell["added_macs_per_image"]),
+                                                cell["added_macs_per_image"].max(), macs)
         entry["comp s mean"], entry["comp s std"], _ = _stats(cell["compensate_seconds"])
         rows.append(entry)
     out = pd.DataFrame(rows)
@@ -242,7 +283,9 @@ def main(argv=None) -> None:
             f"compensation of the same calibration seed (same model, method, bits), mean ± std over the seeds: "
             f"top-1 and agreement in points, KL in % of the uncompensated KL (below 0: closer to float). kept: "
             f"maps kept of the blocks (a range where the seeds differ; ERQ: the layers it edited); params / "
-            f"MACs per image: what the kept maps add at inference; comp s: the stage's seconds.\n\n{markdown(s)}\n")
+            f"MACs per image: what the kept maps add at inference (in brackets: the largest, in % of the float "
+            f"model's parameters / MACs per image, Linear and Conv2d layers and attention matmuls); comp s: the "
+            f"stage's seconds.\n\n{markdown(s)}\n")
     if missing:
         text += "\nCells of conf/experiment/compensation.yaml not (fully) run in these folders:\n\n" + \
                 "".join(f"- {m}\n" for m in missing)
