@@ -238,6 +238,10 @@ def plot(s: pd.DataFrame, path: Path) -> Path:
             width = 0.8 / max(len(comps), 1)
             for k, (name, label) in enumerate(measures):
                 ax = axes[i * len(measures) + k][j]
+                if not len(cell):   # this model has no compensated run at this bit width (yet)
+                    ax.text(0.5, 0.5, f"{model} {b}: not run", ha="center", va="center", transform=ax.transAxes)
+                    ax.axis("off")
+                    continue
                 for c, comp in enumerate(comps):
                     vals, errs = [], []
                     for m in methods:
