@@ -38,6 +38,30 @@ def write_job(folder: Path, model: str, quantizer: str, bits: int, top1: float |
     return folder
 
 
+def write_compensated_job(folder: Path, name: str, seed: int, top1: float, record: dict | None = None, *,
+                          quantizer: str = "repq_vit", bits: int = 4, agreement: float | None = None,
+                          kl: float | None = None, **settings) -> Path:
+    """A job with `compensate=<name>` (and its other compensate settings) and, if given, its results.json
+    `compensation` record (ptq/compensate/); `agreement` / `kl`: its agreement and KL to float."""
+    folder = write_job(folder, "fmnist_vit", quantizer, bits, top1, metric="hessian", seed=seed)
+    data = json.loads((folder / "results.json").read_text())
+    data["config"]["compensate"] = {"name": name, **settings}
+    data.update({k: v for k, v in (("compensation", record), ("agreement", agreement), ("kl_fp32", kl))
+                 if v is not None})
+    (folder / "results.json").write_text(json.dumps(data))
+    return folder
+
+
+def qwt_record(compat: str, kept: bool, seconds: float) -> dict:
+    """results.json `compensation` of a one-block QwT run (paper or official form), its map kept or dropped."""
+    params = 9312 if kept else 0
+    return {"name": "qwt", "compat": compat, "images": 512, "augmentation": "none" if compat == "paper" else "train",
+            "ridge": 0.001 if compat == "paper" else 0.0, "solver": "solve64" if compat == "paper" else "inverse32",
+            "precision": "fp16", "kept": int(kept), "added_params": params, "added_macs_per_image": 50 * params,
+            "seconds": seconds, "blocks": [{"block": "blocks.0", "r2": 0.2 if kept else -0.4, "kept": kept,
+                                            "params": params, "seconds": seconds}]}
+
+
 def _set_dotted(config: dict, key: str, value) -> None:
     node = config
     *parents, leaf = key.split(".")

@@ -50,7 +50,10 @@ class FakeWandb(types.ModuleType):
             name = "run"
 
             def __init__(self):
-                self.summary = {}
+                self.summary, self.logged = {}, {}
+
+            def log(self, values):
+                self.logged.update(values)
 
             def log_artifact(self, art):
                 fake.artifacts.append(art)
@@ -65,7 +68,11 @@ class FakeWandb(types.ModuleType):
             def add_file(self, path, name=None):
                 self.files.append(name)
 
-        self.Run, self.Artifact = Run, Artifact
+        class Table:
+            def __init__(self, columns, data):
+                self.columns, self.data = columns, data
+
+        self.Run, self.Artifact, self.Table = Run, Artifact, Table
         self.Settings = lambda **kw: kw
 
     def init(self, **kwargs):
@@ -109,6 +116,33 @@ def test_wandb_logger_arguments(compose, tmp_path, monkeypatch):
     log_to_wandb(compose(["logger=wandb", "logger.mode=offline", "logger.log_params=false"]),
                  _results(params_file="quant_params.safetensors"), tmp_path)
     assert fake.artifacts == [] and fake.inits[-1]["group"] is None and fake.finished == 2
+
+
+def test_wandb_run_carries_the_compensation_table(compose, tmp_path, monkeypatch):
+    """results.json's compensation record becomes the run's `compensation` Table row for row: QwT per block (R^2,
+    kept, parameters added, seconds), ERQ per edited layer (kept, 0 parameters, its output MSE before / after,
+    flips); a run without compensation logs no such table."""
+    from ptq.loggers.wandb_logger import log_to_wandb
+
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = compose(["logger=wandb", "logger.mode=offline"])
+    qwt = {"name": "qwt", "kept": 1, "added_params": 9312, "seconds": 1.7,
+           "blocks": [{"block": "blocks.0", "r2": -0.412, "kept": False, "params": 0, "seconds": 1.2},
+                      {"block": "blocks.1", "r2": 0.084, "kept": True, "params": 9312, "seconds": 0.5}]}
+    log_to_wandb(cfg, _results(compensation=qwt), tmp_path)
+    table = fake.run.logged["compensation"]
+    assert table.columns == ["block", "r2", "kept", "params", "seconds"]
+    assert table.data == [["blocks.0", -0.412, False, 0, 1.2], ["blocks.1", 0.084, True, 9312, 0.5]]
+    erq = {"name": "erq", "blocks": [], "kept": 1, "added_params": 0,
+           "layers": [{"layer": "blocks.0.attn.qkv", "kind": "linear", "flips": 7, "out_mse_before": 0.25,
+                       "out_mse_after": 0.125, "seconds": 0.3}]}
+    log_to_wandb(cfg, _results(compensation=erq), tmp_path)
+    table = fake.run.logged["compensation"]
+    assert table.columns == ["layer", "kept", "params", "out_mse_before", "out_mse_after", "flips", "seconds"]
+    assert table.data == [["blocks.0.attn.qkv", True, 0, 0.25, 0.125, 7, 0.3]]
+    log_to_wandb(cfg, _results(), tmp_path)
+    assert "compensation" not in fake.run.logged
 
 
 @pytest.mark.parametrize("fail_on", ["init", "summary"])

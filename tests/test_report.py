@@ -9,7 +9,7 @@ import pytest
 
 from ptq import report
 from ptq.reference_results import TABLE1, ablation_reference, table1_reference
-from tests.results_factory import jobs_from_runs_csv, write_job
+from tests.results_factory import jobs_from_runs_csv, qwt_record, write_compensated_job, write_job
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -418,3 +418,49 @@ def test_settings_table_names_first_last_and_fallback_slots(tmp_path):
     assert on["head input"] == "= input (8-bit)" and on["first/last"] == "8-bit"
     assert on["weights"] == "uniform_asym channel 4-bit" and on["calibration"] == "32 img, eval transform"
     assert on["reconstruction"] == "none"
+
+
+def test_compensation_columns_labels_and_costs(tmp_path):
+    """compensate=qwt runs are their own columns, `RepQ-ViT W4A4 + QwT`, the official form `+ QwT (official)`,
+    ERQ `+ ERQ` (its preset's other image settings are not worded); the settings table says what each compensation
+    was and what it cost (parameters / MACs per image per run, seconds mean ± std: 1 and 3 s -> 2.0 ± 1.4);
+    runs.csv has the costs, 0 for the runs without compensation. A report without compensation has none of it."""
+    d = tmp_path / "comp"
+    write_compensated_job(d / "n0", "none", 0, 80.0)
+    write_compensated_job(d / "n1", "none", 1, 81.0)
+    write_compensated_job(d / "q0", "qwt", 0, 82.0, qwt_record("paper", True, 1.0), compat="paper", n_images=512)
+    write_compensated_job(d / "q1", "qwt", 1, 84.0, qwt_record("paper", False, 3.0), compat="paper", n_images=512)
+    write_compensated_job(d / "o0", "qwt", 0, 83.0, qwt_record("official", True, 2.0), compat="official",
+                     n_images=512)
+    erq = {"name": "erq", "compat": "paper", "images": 32, "inputs": "quantized_stream", "coe": 20000.0,
+           "solver": "solve64", "kept": 2, "added_params": 0, "added_macs_per_image": 0, "seconds": 0.5,
+           "blocks": [], "layers": [{"layer": "blocks.0.attn.qkv"}, {"layer": "blocks.0.attn.proj"}]}
+    write_compensated_job(d / "e0", "erq", 0, 81.5, erq, compat="paper", n_images=32, distinct=False,
+                     augmentation="none")
+    rep = report.build_report([d])
+    # none 80, 81 -> 80.50 ± 0.71; qwt 82, 84 -> 83.00 ± 1.41
+    assert rows(rep["table"]) == [{"model": "fmnist_vit", "FP32": "90.00", "RepQ-ViT W4A4": "80.50 ± 0.71",
+                                   "RepQ-ViT W4A4 + QwT": "83.00 ± 1.41", "RepQ-ViT W4A4 + QwT (official)": "83.00†",
+                                   "RepQ-ViT W4A4 + ERQ": "81.50†"}]
+    cost = ["compensation", "maps kept", "params added", "MACs/image added", "compensation s"]
+    settings = {r["column"]: [r[c] for c in cost] for r in rows(rep["settings"])}
+    assert settings == {
+        "RepQ-ViT W4A4": ["none", "—", "0", "0", "0"],
+        "RepQ-ViT W4A4 + QwT": ["QwT paper: 512 img (none), ridge 0.001, solve64, fp16 side path", "1 of 1 / 0 of 1",
+                                "9,312 / 0", "465,600 / 0", "2.0 ± 1.4"],
+        "RepQ-ViT W4A4 + QwT (official)": ["QwT official: 512 img (train), ridge 0.0, inverse32, fp16 side path",
+                                           "1 of 1", "9,312", "465,600", "2.0"],
+        "RepQ-ViT W4A4 + ERQ": ["ERQ paper: 32 img, quantized_stream inputs, coe 20000.0, solve64",
+                                "2 layers edited", "0", "0", "0.5"]}
+    runs = rep["tables"]["runs"].set_index("path")
+    assert runs.loc["n0", ["compensate", "added_params", "added_macs_per_image", "compensate_seconds"]].tolist() \
+        == ["none", 0, 0, 0]
+    assert runs.loc["q1", ["compensate", "compensate_compat", "compensate_kept", "added_params"]].tolist() \
+        == ["qwt", "paper", 0, 0]
+    assert runs.loc["o0", ["compensate_compat", "added_params", "added_macs_per_image", "compensate_seconds"]
+                    ].tolist() == ["official", 9312, 465600, 2.0]
+    assert report.compensate_label({"compensate.name": "qwt", "compensate.compat": "paper",
+                                    "compensate.ridge": 0.0}) == "+ QwT (ridge 0.0)"   # not the preset's null
+    assert report.compensate_label({"compensate.name": "none"}) == ""
+    plain = report.build_report([d / "n0", d / "n1"])
+    assert "compensation" not in plain["settings"].display and "added_params" not in plain["tables"]["runs"]

@@ -132,9 +132,27 @@ def calibration_table(wandb, records: list[dict]):
     return wandb.Table(columns=list(CALIBRATION_COLUMNS), data=rows)
 
 
+# Columns of the compensation table, in order; a table has those its rows hold: QwT / QwT-v2 per block (R^2, kept,
+# parameters added, seconds), ERQ per layer (output MSE before / after, rounding flips; it adds no parameters).
+COMPENSATION_COLUMNS = ("block", "layer", "r2", "kept", "params", "out_mse_before", "out_mse_after", "flips",
+                        "seconds")
+
+
+def compensation_table(wandb, compensation: dict):
+    """The compensation stage's per-block record (results.json `compensation.blocks`: R^2, kept, parameters added,
+    seconds; ERQ: `compensation.layers`, every edited layer kept, 0 parameters added) as a W&B Table, or None when
+    it recorded no block or layer."""
+    rows = compensation.get("blocks") or [{**r, "kept": True, "params": 0} for r in compensation.get("layers") or []]
+    if not rows:
+        return None
+    columns = [c for c in COMPENSATION_COLUMNS if any(c in r for r in rows)]
+    return wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+
+
 def log_to_wandb(cfg: DictConfig, results: dict, out: Path | None) -> dict:
-    """Record one finished job as its own W&B run (config, tags, summary metrics, calibrated parameters); returns
-    the record's state for results.json: {"state": done | failed | disabled, "mode", "run_dir"?, "error"?}."""
+    """Record one finished job as its own W&B run (config, tags, summary metrics, the calibration and compensation
+    tables, calibrated parameters); returns the record's state for results.json: {"state": done | failed |
+    disabled, "mode", "run_dir"?, "error"?}."""
     mode = str(cfg.logger.get("mode") or "offline")
     try:
         if mode not in MODES:
@@ -154,6 +172,9 @@ def log_to_wandb(cfg: DictConfig, results: dict, out: Path | None) -> dict:
         records = (results.get("calibration") or {}).get("records")
         if records:
             run.log({"calibration": calibration_table(wandb, records)})
+        compensation = compensation_table(wandb, results.get("compensation") or {})
+        if compensation is not None:
+            run.log({"compensation": compensation})
         params = results.get("params_file")
         if params and out is not None and cfg.logger.get("log_params", True) and (Path(out) / params).is_file():
             art = wandb.Artifact(_artifact_name(f"quant-params-{run.name}"), type="quant-params",

@@ -15,7 +15,8 @@ varies among the runs of one method on one model becomes part of the column labe
 
 Tables (TABLES): one per measure (MEASURES: top-1, drop, agreement, KL) in the chosen layout, and the settings
 table (SETTINGS_COLUMNS: what each column was run with). Adding a column is one line: a measure table in MEASURES,
-a settings column in SETTINGS_COLUMNS (a function of a records row), a runs.csv column in `record`, the wording
+a settings column in SETTINGS_COLUMNS (a function of a records row; the compensation stage's columns,
+shown only where a run recorded one, in COMPENSATION_SETTINGS), a runs.csv column in `record`, the wording
 of a new setting in column labels in SETTING_FORMATS (or GROUP_LABELS for a whole config group).
 
 Layouts (`--layout`, default auto):
@@ -35,6 +36,7 @@ from ptq.report.data import (
     AXIS_KEYS,
     BOOKKEEPING_KEYS,
     COMP_LABELS,
+    COMPENSATION_COLUMNS,
     FORMATS,
     GROUP_LABELS,
     INTERNAL_COLUMNS,
@@ -56,6 +58,9 @@ from ptq.report.data import (
     _value_id,
     add_setting_labels,
     bits_label,
+    compensate_label,
+    compensated,
+    compensation_columns,
     find_results,
     load_records,
     method_label,
@@ -74,6 +79,8 @@ from ptq.report.data import (
 )
 from ptq.report.renderers import report_markdown, write_report
 from ptq.report.tables import (
+    COMPENSATION_SECONDS,
+    COMPENSATION_SETTINGS,
     DAGGER,
     LAYOUT_FUNCTIONS,
     MEASURES,
@@ -102,11 +109,13 @@ from ptq.report.tables import (
     build_report,
     cell_interval,
     cell_numbers,
+    compensation_text,
     failed_table,
     first_last_text,
     fmt_cell,
     fp32_cell,
     main_table,
+    maps_kept_text,
     metric_order,
     metric_row_key,
     metrics_table,

@@ -40,10 +40,11 @@ OFF = "off"  # bits.first_last of a run that leaves it null (or predates it): th
 SETTING_FORMATS = {"calib.n_images": "{} calib img", "metric.grad": "{} grad", "metric.name": "{}",
                    "quantizer.compat": "{}", "calib.mode": "{}", "calib.transform": "{} transform",
                    "data.max_test": "{} test img",
-                   "bits.first_last": lambda v: "" if v == OFF else f"{v}-bit first/last",
-                   "compensate.name": lambda v: "" if v in ("none", OFF) else f"+ {COMP_LABELS.get(v, v)}"}
-# Compensation presets (conf/compensate/) as papers name them; any other by its name.
+                   "bits.first_last": lambda v: "" if v == OFF else f"{v}-bit first/last"}
+# Compensation presets (conf/compensate/) as papers name them, in report order (after none); any other by its name.
 COMP_LABELS = {"qwt": "QwT", "qwt_v2": "QwT-v2", "erq": "ERQ"}
+# Settings whose values sort in a declared order (any other value after them, by name), not default-first.
+VALUE_ORDERS = {"compensate.name": ("none", *COMP_LABELS)}
 # Reconstruction presets (conf/recon/) as papers name them; any other by its name.
 RECON_LABELS = {"brecq": "BRECQ", "qdrop": "QDrop", "adalog": "AdaLog recon"}
 # Config groups whose settings come first in a column label (the method, then calibration, then the metric).
@@ -144,6 +145,7 @@ def record(path: Path, data: dict, root: Path | None = None) -> dict:
         "calib_seconds": data.get("calib_seconds"), "num_test": data.get("num_test"),
         "duplicate_of": data.get("duplicate_of"), "error": data.get("error"),
         "recon": (settings.get("recon.name") or "none") if enabled else None,
+        **compensation_columns(data, settings, enabled),
         "HG": hg, "schema_version": schema_version(data), "config": _flatten(cfg), "settings": settings,
         "slots": resolved_slots(data) if enabled else {},
         "top1_fp32_mlp": (data.get("mlp_reconstruction") or {}).get("top1_fp32_mlp"),   # float after MLP recon
@@ -151,7 +153,29 @@ def record(path: Path, data: dict, root: Path | None = None) -> dict:
 
 
 # Columns of the records table that are the report's own working data, not written to runs.csv.
-INTERNAL_COLUMNS = ("HG", "schema_version", "config", "settings", "slots", "top1_fp32_mlp")
+INTERNAL_COLUMNS = ("HG", "schema_version", "config", "settings", "slots", "top1_fp32_mlp", "compensation_record")
+# runs.csv columns of the compensation stage (ptq/compensate/): written only when some run recorded one.
+COMPENSATION_COLUMNS = ("compensate", "compensate_compat", "compensate_kept", "added_params", "added_macs_per_image",
+                        "compensate_seconds")
+
+
+def compensation_columns(data: dict, settings: dict, enabled: bool) -> dict:
+    """A run's compensation (results.json `compensation`, ptq/compensate/): its preset and form, the maps kept (ERQ:
+    the layers it edited), the parameters and MACs per image it adds and its seconds; the costs are None where the
+    run recorded no compensation (compensate=none, or results from before the stage)."""
+    comp = data.get("compensation") or {}
+    name = settings.get("compensate.name") or "none"
+    return {"compensate": name if enabled else None,
+            "compensate_compat": comp.get("compat", settings.get("compensate.compat")) if name != "none" else None,
+            "compensate_kept": comp.get("kept"), "added_params": comp.get("added_params"),
+            "added_macs_per_image": comp.get("added_macs_per_image"), "compensate_seconds": comp.get("seconds"),
+            "compensation_record": comp or None}
+
+
+def compensated(df: pd.DataFrame) -> bool:
+    """Whether some run of the frame recorded a compensation stage: only then do the report's compensation and
+    cost columns appear, so the tables of runs without one regenerate unchanged."""
+    return bool(len(df)) and df["compensation_record"].notna().any()
 
 
 def resolved_slots(data: dict) -> dict:
@@ -302,8 +326,25 @@ def recon_label(settings: dict) -> str:
     return f"+ {RECON_LABELS.get(str(name), str(name))} ({', '.join(parts)})"
 
 
+def compensate_label(settings: dict) -> str:
+    """The compensation of a run as a paper writes it: `+ QwT`, `+ QwT (official)`, `+ ERQ (coe 1000)`: the
+    preset's name, its form when not the paper's, and every compensate setting that differs from its preset
+    (conf/compensate/<name>.yaml) as `leaf value`; "" for none."""
+    name = settings.get("compensate.name", "none")
+    if _is_missing(name) or name == "none":
+        return ""
+    preset = preset_defaults("compensate", str(name))
+    compat = settings.get("compensate.compat")
+    parts = [] if _is_missing(compat) or compat == preset.get("compensate.compat", "paper") else [str(compat)]
+    for key in sorted(k for k in settings if k.startswith("compensate.")):
+        if key not in ("compensate.name", "compensate.compat") and key in preset \
+                and _value_id(settings[key]) != _value_id(preset[key]):
+            parts.append(setting_text(key, settings[key]))
+    return f"+ {COMP_LABELS.get(str(name), str(name))}" + (f" ({', '.join(parts)})" if parts else "")
+
+
 # Config groups labelled as one phrase from all of the run's settings of the group (not setting by setting).
-GROUP_LABELS = {"recon": recon_label}
+GROUP_LABELS = {"recon": recon_label, "compensate": compensate_label}
 
 
 @functools.cache
@@ -327,6 +368,9 @@ def setting_value_order(quantizer: str, key: str, value) -> tuple:
     """Values of one setting: the preset's default first, then numbers numerically, then text."""
     if _is_missing(value):
         return (0, 0, "")
+    if key in VALUE_ORDERS:
+        order = VALUE_ORDERS[key]
+        return (0, order.index(value), "") if value in order else (2, 0, str(value))
     default = preset_defaults(str(quantizer)).get(key, OFF if key == "bits.first_last" else None)
     default = OFF if key == "bits.first_last" and default is None else default
     if default is not None and _value_id(default) == _value_id(value):

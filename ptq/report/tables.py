@@ -10,6 +10,8 @@ import pandas as pd
 
 from ptq.reference_results import ABLATION_ROWS, ablation_reference, base_model_name, table1_reference
 from ptq.report.data import (
+    COMP_LABELS,
+    COMPENSATION_COLUMNS,
     INTERNAL_COLUMNS,
     MARK,
     METHOD_LABELS,
@@ -20,6 +22,7 @@ from ptq.report.data import (
     _records_frame,
     _value_id,
     add_setting_labels,
+    compensated,
     read_results,
     usable,
     varying_settings,
@@ -508,6 +511,48 @@ def first_last_text(r) -> str:
     return "off (as the slots say)" if bits == OFF else f"{bits}-bit"
 
 
+def compensation_text(r) -> str:
+    """The compensation stage of a run as its results.json recorded it: `QwT paper: 512 img (none), ridge 0.001,
+    solve64, fp16 side path`, `ERQ official: 32 img, float inputs, coe 20000.0, inverse32`, `none`."""
+    name = _setting(r, "compensate.name", "none")
+    if name == "none":
+        return "none"
+    comp = r["compensation_record"] if isinstance(r["compensation_record"], dict) else {}
+    head = f"{COMP_LABELS.get(str(name), str(name))} {comp.get('compat', _setting(r, 'compensate.compat'))}"
+    if not comp:
+        return f"{head}: not recorded"
+    if comp.get("layers") is not None:   # ERQ edits the layers' weights, no side path
+        return f"{head}: {comp.get('images')} img, {comp.get('inputs')} inputs, coe {comp.get('coe')}, " \
+               f"{comp.get('solver')}"
+    return f"{head}: {comp.get('images')} img ({comp.get('augmentation')}), ridge {comp.get('ridge')}, " \
+           f"{comp.get('solver')}, {comp.get('precision')} side path"
+
+
+def maps_kept_text(r) -> str:
+    """`3 of 4` maps kept (QwT, QwT-v2), `18 layers edited` (ERQ), `—` without compensation."""
+    comp = r["compensation_record"]
+    if not isinstance(comp, dict):
+        return "—"
+    if comp.get("layers") is not None:
+        return f"{len(comp['layers'])} layers edited"
+    return f"{comp.get('kept')} of {len(comp.get('blocks') or [])}"
+
+
+def _count(value) -> str:
+    return "0" if _is_missing(value) else f"{int(value):,}"
+
+
+# Settings-table columns of the compensation stage (ptq/compensate/), shown only where some run recorded one: its
+# form and images, the maps kept, and its cost (parameters and MACs per image added, per run; seconds: mean over
+# the column's runs, in `settings_table`).
+COMPENSATION_SETTINGS = {
+    "compensation": compensation_text,
+    "maps kept": maps_kept_text,
+    "params added": lambda r: _count(r["added_params"]),
+    "MACs/image added": lambda r: _count(r["added_macs_per_image"]),
+}
+COMPENSATION_SECONDS = "compensation s"
+
 # Settings-table column -> its text for one run (a records row). Papers disagree on these and they move W4A4 by
 # points; a new column is one line here.
 SETTINGS_COLUMNS = {
@@ -536,6 +581,10 @@ def settings_table(df: pd.DataFrame) -> Table:
     title = "Settings of each column (resolved operand slots of the runs)"
     # deployable (ptq/export): only where a run recorded it, so tables of older runs regenerate unchanged
     names = [n for n in SETTINGS_COLUMNS if n != "deployable" or (len(q) and q["deployable"].notna().any())]
+    columns = {**SETTINGS_COLUMNS, **(COMPENSATION_SETTINGS if compensated(q) else {})}
+    names += [n for n in columns if n not in SETTINGS_COLUMNS]
+    if compensated(q):
+        names.append(COMPENSATION_SECONDS)
     if not len(q):
         return Table(title, pd.DataFrame(columns=["column", *names]), pd.DataFrame(), [])
     q["column"] = [" ".join(filter(None, (r["method"], r["bits"], r["setting"]))) for _, r in q.iterrows()]
@@ -545,11 +594,20 @@ def settings_table(df: pd.DataFrame) -> Table:
         runs = q[q["column"] == column]
         row = {"column": column, "models": ", ".join(model_order(runs["model"])), "runs": str(len(runs))}
         for name in names:
-            row[name] = " / ".join(dict.fromkeys(SETTINGS_COLUMNS[name](r) for _, r in runs.iterrows()))
+            if name == COMPENSATION_SECONDS:   # a cost: mean ± std over the column's runs; none: 0
+                seconds = runs["compensate_seconds"]
+                row[name] = fmt_cell(*_stats(seconds), digits=1, mark=False) if seconds.notna().any() else "0"
+            else:
+                row[name] = " / ".join(dict.fromkeys(columns[name](r) for _, r in runs.iterrows()))
         rows.append(row)
     notes = ["`= weight (4-bit)`: the slot is off, its operands are quantized like the parent slot's (the "
              "classifier head's weight like every other weight); `float`: not quantized; first/last: "
              "bits.first_last (ptq/quant/first_last.py: conv_weight, image, head_weight, head_input)"]
+    if compensated(q):
+        notes.append("compensation (ptq/compensate/): its form, images (augmentation), ridge, solver and side-path "
+                     "precision as results.json recorded them; maps kept of the blocks (ERQ: layers edited); params "
+                     "and MACs per image added at inference by the kept maps (each run's value, ` / ` where the "
+                     "runs differ); compensation s: the stage's seconds, mean ± std over the column's runs")
     return Table(title, pd.DataFrame(rows), pd.DataFrame(), notes)
 
 
@@ -565,9 +623,16 @@ RECENT_COLUMNS = ("deployable", "simulation_only")
 
 
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per job with the numbers the notebooks plot (no nested config or settings)."""
+    """One row per job with the numbers the notebooks plot (no nested config or settings); the compensation
+    columns only where some run recorded a compensation (a run without one adds 0 parameters, MACs and seconds)."""
     empty = [c for c in RECENT_COLUMNS if c in df and df[c].isna().all()]
-    return df.drop(columns=list(INTERNAL_COLUMNS) + empty)
+    runs = df.drop(columns=list(INTERNAL_COLUMNS) + empty)
+    if not compensated(df):
+        return runs.drop(columns=list(COMPENSATION_COLUMNS))
+    none = (runs["compensate"] == "none").to_numpy()
+    for column in ("added_params", "added_macs_per_image", "compensate_seconds"):
+        runs.loc[none, column] = runs.loc[none, column].fillna(0)
+    return runs
 
 
 # ---------------------------------------------------------------------------------------------------------------
