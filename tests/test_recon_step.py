@@ -1,6 +1,8 @@
 """The opt-in forms of the reconstruction step (ptq/recon/step.py): the compiled step computes the eager step's loss
 and gradients (to float rounding: fusion reorders sums), compiles one graph per unit structure and regularizer
-phase -- not one per unit or per annealed exponent -- and bf16 precision runs the matmuls in bfloat16."""
+phase -- not one per unit or per annealed exponent -- and bf16 precision runs the matmuls in bfloat16; the compiled
+step's optimizer (FusedAdam) is torch's fused Adam bit for bit; the default loop uses none of them, and a whole
+reconstruction in the fast form (compile + bf16) learns what the default one learns, to rounding."""
 from __future__ import annotations
 
 import pytest
@@ -17,19 +19,26 @@ from ptq.recon.stage import output_loss
 from ptq.recon.step import compiled_step_loss, step_loss
 
 
-def _unit(seed: int) -> tuple[QLinear, list, list]:
-    """A quantized linear layer (4-bit weight and input, min-max steps) with its reconstruction stand-ins."""
+def _qlinear(seed: int) -> QLinear:
+    """A quantized linear layer (4-bit weight and input, min-max steps, enabled), frozen."""
     g = torch.Generator().manual_seed(seed)
     lin = nn.Linear(16, 8)
     with torch.no_grad():
         lin.weight.copy_(torch.randn(8, 16, generator=g) * 0.3)
         lin.bias.copy_(torch.randn(8, generator=g) * 0.1)
     wq, xq = QUANTIZERS["uniform"](4, Layout()), QUANTIZERS["uniform"](4, Layout())
-    wq.set_param(lin.weight.abs().max().reshape(1) / 7)
+    wq.set_param(lin.weight.detach().abs().max().reshape(1) / 7)
     xq.set_param(torch.tensor([2.5 / 7]))
     op = QLinear(lin, wq, xq)
     for p in op.parameters():
         p.requires_grad_(False)
+    wq.enabled = xq.enabled = True
+    return op
+
+
+def _unit(seed: int) -> tuple[QLinear, list, list]:
+    """_qlinear(seed) with its reconstruction stand-ins."""
+    op = _qlinear(seed)
     inst = install(op, True, True, 0.0)
     return op, inst.rounding(), inst.steps()
 
@@ -96,3 +105,69 @@ def test_the_stage_reads_the_precision(compose):
     assert any(not torch.equal(f32[k], bf16[k]) for k in f32)
     for state in (f32, bf16):
         assert any(state[k].abs().sum() > 0 for k in state if k.endswith(".rounding"))
+
+
+def test_fused_adam_takes_torchs_fused_adam_steps_bit_for_bit():
+    """FusedAdam (the compiled step's optimizer) against torch.optim.Adam(fused=True): the same parameters after
+    steps with a learning rate changed between them, two groups, and a parameter left without a gradient once."""
+    from ptq.recon.step import FusedAdam
+
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 3, generator=g), torch.randn(7, generator=g), torch.randn(2, 2, generator=g)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(6)]
+    results = []
+    for make in (lambda groups: torch.optim.Adam(groups, fused=True), FusedAdam):
+        params = [nn.Parameter(p.clone()) for p in start]
+        opt = make([{"params": params[:2], "lr": 1e-2}, {"params": params[2:], "lr": 4e-5}])
+        for t, gs in enumerate(grads):
+            opt.zero_grad(set_to_none=True)
+            for i, (p, gr) in enumerate(zip(params, gs)):
+                if not (t == 2 and i == 1):          # params[1] has no gradient at step 2: skipped, not stepped
+                    p.grad = gr.clone()
+            opt.param_groups[1]["lr"] = 4e-5 * (1 + t) / 6
+            opt.step()
+        results.append([p.detach() for p in params])
+    for a, b, s in zip(*results, start):
+        assert torch.equal(a, b) and not torch.equal(a, s)
+
+
+def _reconstruct(monkeypatch=None, **options) -> tuple[QLinear, dict]:
+    """reconstruct_unit on _qlinear(0) (fed float inputs, the float layer's output as the target), 40 steps, the
+    regularizer on every step (one compiled graph)."""
+    from ptq.recon.stage import reconstruct_unit
+    from ptq.schema import ReconConfig
+
+    op = _qlinear(0)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(24, 5, 16, generator=g)
+    target = torch.nn.functional.linear(x, op.weight, op.bias)
+    rc = ReconConfig(name="brecq", iters=40, batch_size=4, eval_images=24, lr_step=1e-3, warmup=0.0, **options)
+    row = reconstruct_unit("op", op, rc, [x], None, target, _criterion, torch.Generator().manual_seed(0), False)
+    return op, row
+
+
+def test_the_default_loop_takes_neither_fast_form(monkeypatch):
+    """recon.compile / recon.precision unset: the stage runs the eager step and torch's Adam (the bit-identical
+    path of tests/test_regression.py), never the compiled step or FusedAdam."""
+    import ptq.recon.stage as stage
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the default loop took a fast form")
+
+    monkeypatch.setattr(stage, "compiled_step_loss", refuse)
+    monkeypatch.setattr(stage, "FusedAdam", refuse)
+    monkeypatch.setattr(stage, "step_loss", refuse)
+    _, row = _reconstruct()
+    assert row["iters"] == 40 and row["mse_after"] < row["mse_before"]
+
+
+def test_the_fast_form_reconstructs_what_the_default_does():
+    """40 steps of compile + bf16 against the default loop from the same start and draws: both lower the output
+    error, by about as much, and harden nearly the same rounding; the learned input step stays close."""
+    default, row0 = _reconstruct()
+    fast, row1 = _reconstruct(compile=True, precision="bfloat16")
+    assert row1["mse_after"] < row1["mse_before"] == row0["mse_before"]
+    assert abs(row1["mse_after"] - row0["mse_after"]) < 0.1 * row0["mse_after"]
+    r0, r1 = default.weight_quantizer.rounding, fast.weight_quantizer.rounding
+    assert r0.abs().sum() > 0 and (r0 == r1).float().mean() > 0.95
+    assert torch.allclose(default.input_quantizer.param, fast.input_quantizer.param, rtol=1e-2)

@@ -155,9 +155,18 @@ def profile_iteration(method: str, iters: int) -> dict[str, float]:
     return row
 
 
-def float_floor(model, unit, x, target, rc, iters: int, g: torch.Generator) -> float:
+def float_floor(model, unit, x, target, rc, iters: int, g: torch.Generator, precision: str | None = None) -> float:
     """ms of the same block's forward + backward with its quantizers off and the gradients reconstruction needs
-    (the linear weights, every op input): what no fake-quantize speed-up can go below."""
+    (the linear weights, every op input): what no fake-quantize speed-up can go below. precision: that pass
+    compiled (torch.compile), its matmuls under autocast to bfloat16 or not (float32), as the compiled step."""
+    from ptq.recon.step import autocast
+
+    def fwd_bwd(u, xb, tb):
+        with autocast(precision or "float32", tb.device):
+            out = u(xb)
+        output_loss(out.float(), tb, None, False, rc.rec_scale).backward()
+
+    step = torch.compile(fwd_bwd, dynamic=False) if precision else fwd_bwd
     set_quant_enabled(model, False)
     weights = [op.weight for op in quant_ops(unit).values() if hasattr(op, "weight")]
     for w in weights:
@@ -168,8 +177,10 @@ def float_floor(model, unit, x, target, rc, iters: int, g: torch.Generator) -> f
             idx = torch.randperm(len(target), generator=g)[:rc.batch_size]
             xb, tb = x[idx], target[idx]
             t0 = time.perf_counter()
+            for w in weights:
+                w.grad = None
             with torch.enable_grad():
-                output_loss(unit(xb), tb, None, False, rc.rec_scale).backward()
+                step(unit, xb, tb)
             total += (time.perf_counter() - t0) if i >= 5 else 0.0
     finally:
         for w in weights:
@@ -223,6 +234,7 @@ COMPILED_ORDER = ["iteration", "  matmuls (aten mm / addmm / bmm)",
                   "  fused kernels (inductor: fake-quantize, LayerNorm, GELU, softmax, their backward)",
                   "  optimizer (fused Adam)", "  compiled-graph guards and calls",
                   "  batch gather", "  rest (autograd engine, Python)"]
+FLOOR = "float block forward + backward, compiled, same precision (the floor)"
 
 
 def profile_compiled(method: str, iters: int, precision: str) -> dict[str, float]:
@@ -253,6 +265,7 @@ def profile_compiled(method: str, iters: int, precision: str) -> dict[str, float
 
     run()                                     # compiles (both graphs: warmup=0 uses only the regularized one)
     row = {"iteration": run()}
+    row[FLOOR] = float_floor(model, unit, q_in[0], target, rc, iters, torch.Generator().manual_seed(0), precision)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
     cats: dict[str, float] = defaultdict(float)
@@ -262,7 +275,7 @@ def profile_compiled(method: str, iters: int, precision: str) -> dict[str, float
             cats["  matmuls (aten mm / addmm / bmm)"] += ms
         elif k.startswith("graph_") or k.startswith("## Call CompiledFxGraph"):
             cats[COMPILED_ORDER[2]] += ms
-        elif k.startswith(("Optimizer.", "aten::_fused_adam")):
+        elif k.startswith(("Optimizer.", "aten::_fused_adam", "aten::_foreach_add")):
             cats["  optimizer (fused Adam)"] += ms
         elif k.startswith(("TorchDynamo", "CompiledFunction", "Torch-Compiled", "Pregraph", "AOTDispatcher")):
             cats["  compiled-graph guards and calls"] += ms
@@ -301,7 +314,7 @@ def write(columns: dict[str, dict], meta: dict) -> str:
                   "on every step), after a warm-up run that compiles; split by torch.profiler self times scaled to the "
                   f"timed loop ({meta.get('compiled_threads', '')} threads):", "",
                   "| part (ms) | " + " | ".join(cl) + " |", "|---|" + "---|" * len(cl)]
-        for k in COMPILED_ORDER:
+        for k in COMPILED_ORDER + [FLOOR]:
             lines.append(f"| {'&nbsp;&nbsp;' + k.strip() if k.startswith('  ') else k} | "
                          + " | ".join(f"{compiled[c]['row'].get(k, 0.0):.2f}" for c in cl) + " |")
         lines.append("| load average (1 min, start / end) | "

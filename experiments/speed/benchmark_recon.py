@@ -2,7 +2,7 @@
 
     PYTHONPATH=$PWD python experiments/speed/benchmark_recon.py [--old-rev 546eb90] [--rounds 2] [--iters 60]
         [--stage | --calib] [--methods ptq4vit] [--threads 2] [--variants eager compile bf16 compile_bf16]
-        [--seeds 0 1 2] [--cold-cache]
+        [--seeds 0 1 2] [--cold-cache] [--tag NAME]
 
 The old code is `git archive <old-rev> ptq conf` in a temporary folder.
 - `unit` (default): one process holds both codes (each `ptq` module set swapped into sys.modules around its calls)
@@ -12,7 +12,7 @@ The old code is `git archive <old-rev> ptq conf` in a temporary folder.
   recon.precision) alternating, --rounds times each: milliseconds per iteration (the whole loop; eval_images 32),
   so that the load of the shared machine falls on all alike (round 0, which compiles, is timed apart:
   `first_turn_s`); then a hash of each one's hardened rounding and learned steps after --iters steps from the same
-  start;
+  start; `floor_bf16`: not a reconstruction but its floor, the float block's forward + backward, compiled, bf16;
 - `--calib`: the same process set-up, the method's calibration alone (its searches) by each code, alternating;
 - `--stage`: worker processes, old and each variant back to back, per --seeds: the whole `reconstruct` stage at
   the defaults (6 units x 300 steps, 1024 images) after the method's calibration, its seconds (compiles
@@ -155,18 +155,46 @@ class Code:
 
 
 VARIANTS = {"eager": {}, "compile": {"compile": True}, "bf16": {"precision": "bfloat16"},
-            "compile_bf16": {"compile": True, "precision": "bfloat16"}}
+            "compile_bf16": {"compile": True, "precision": "bfloat16"}, "floor_bf16": None}
+# floor_bf16 (unit mode only): not a reconstruction but its floor, the same block's forward + backward with every
+# quantizer off (the weights' gradients: what the rounding's are made of), compiled, matmuls in bf16
+_FLOOR = {}
+
+
+def float_floor_turn(m: dict, unit, q_in: list, target, rc, steps: int, seed: int) -> None:
+    """`steps` forward + backward passes of the float `unit` (a scratch copy) on random batches of q_in, compiled
+    (one compiled function per process), bf16 autocast, the output MSE as the loss."""
+    import torch
+
+    if "fn" not in _FLOOR:
+        def fwd_bwd(u, x, y):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = u(x)
+            m["ptq.recon.stage"].output_loss(out.float(), y, None, False, rc.rec_scale).backward()
+        _FLOOR["fn"] = torch.compile(fwd_bwd, dynamic=False)
+    m["ptq.quant.wrap"].set_quant_enabled(unit, False)
+    weights = [p for n, p in unit.named_parameters() if n.endswith("weight") and p.ndim == 2]
+    for w in weights:
+        w.requires_grad_(True)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        idx = torch.randperm(len(target), generator=g)[:rc.batch_size]
+        for w in weights:
+            w.grad = None
+        with torch.enable_grad():
+            _FLOOR["fn"](unit, q_in[0][idx], target[idx])
 
 
 def unit_side_by_side(codes: list[Code], method: str, iters: int, chunk: int, rounds: int,
-                      variants: list[str]) -> list[dict]:
+                      variants: list[str], threads: int) -> list[dict]:
     """The old code (codes[0]) and each variant of the current one (codes[-1] with the recon options of
     VARIANTS), alternating every `chunk` steps; round 0 (warm-up: the compile of a compiled variant) is timed
-    apart."""
+    apart. The set-up (calibration, captures) runs on 1 thread, the timed turns on `threads`."""
     import copy
 
     import torch
 
+    torch.set_num_threads(1)
     setups = {}
     for code in codes:
         with code as m:
@@ -185,6 +213,7 @@ def unit_side_by_side(codes: list[Code], method: str, iters: int, chunk: int, ro
             m["ptq.quant.wrap"].set_quant_enabled(model, True)
             q_in, _, _ = m["ptq.recon.stage"].capture_unit(model, unit, x, 64)
             setups[code.name] = (model, unit, pcfg.recon, fp_in, q_in, target)
+    torch.set_num_threads(threads)
     runs = [(codes[0].name, codes[0], {})] + [
         (codes[-1].name if v == "eager" else f"{codes[-1].name}+{v}", codes[-1], VARIANTS[v]) for v in variants]
     times: dict[str, list[float]] = {label: [] for label, *_ in runs}
@@ -194,11 +223,14 @@ def unit_side_by_side(codes: list[Code], method: str, iters: int, chunk: int, ro
             model, unit, rc, fp_in, q_in, target = setups[code.name]
             scratch = copy.deepcopy(unit)
             with code as m:
-                rcc = dataclasses.replace(rc, iters=chunk, eval_images=32, **options)
                 t0 = time.perf_counter()
-                m["ptq.recon.stage"].reconstruct_unit("blocks.1", scratch, rcc, fp_in, q_in, target,
-                                                      *mse_args(m["ptq.recon.stage"], rcc),
-                                                      torch.Generator().manual_seed(r), False)
+                if options is None:
+                    float_floor_turn(m, scratch, q_in, target, rc, chunk, r)
+                else:
+                    rcc = dataclasses.replace(rc, iters=chunk, eval_images=32, **options)
+                    m["ptq.recon.stage"].reconstruct_unit("blocks.1", scratch, rcc, fp_in, q_in, target,
+                                                          *mse_args(m["ptq.recon.stage"], rcc),
+                                                          torch.Generator().manual_seed(r), False)
                 dt = time.perf_counter() - t0
                 if r:
                     times[label].append(1e3 * dt / chunk)
@@ -206,17 +238,20 @@ def unit_side_by_side(codes: list[Code], method: str, iters: int, chunk: int, ro
                     first[label] = dt
     rows = []
     for label, code, options in runs:
+        t = sorted(times[label])
+        row = {"mode": "unit", "method": method, "code": label, "iters": iters, "chunk": chunk, "rounds": rounds,
+               "ms_per_iter": round(statistics.median(t), 2), "ms_min": round(t[0], 2),
+               "first_turn_s": round(first[label], 2)}
+        rows.append(row)
+        if options is None:          # the floor: nothing reconstructed
+            continue
         model, unit, rc, fp_in, q_in, target = setups[code.name]
         scratch = copy.deepcopy(unit)    # the hash run: every variant from the same start
         with code as m:
             res = m["ptq.recon.stage"].reconstruct_unit(
                 "blocks.1", scratch, dataclasses.replace(rc, iters=iters, **options), fp_in, q_in, target,
                 *mse_args(m["ptq.recon.stage"], rc), torch.Generator().manual_seed(0), False)
-            h = scratch_hash(model, unit, scratch)
-        t = sorted(times[label])
-        rows.append({"mode": "unit", "method": method, "code": label, "iters": iters, "chunk": chunk,
-                     "rounds": rounds, "ms_per_iter": round(statistics.median(t), 2), "ms_min": round(t[0], 2),
-                     "first_turn_s": round(first[label], 2), "mse_after": res["mse_after"], "hash": h})
+            row.update(mse_after=res["mse_after"], hash=scratch_hash(model, unit, scratch))
     for row in rows[1:]:
         row["speedup"] = round(rows[0]["ms_per_iter"] / row["ms_per_iter"], 2)
     return rows
@@ -276,6 +311,17 @@ def run_worker(path: str, mode: str, method: str, iters: int, threads: int, max_
     return {**res, "load": f"{load0:.1f}/{os.getloadavg()[0]:.1f}"}
 
 
+# what a tagged section's rows say, printed under its heading
+NOTES = {"compiled step + FusedAdam": (
+    "The compiled step with its optimizer step by `ptq.recon.step.FusedAdam` (torch's fused Adam kernel without "
+    "torch.optim's per-step Python; the compile + bf16 hash equals the untagged section's: no bit changed) and "
+    "`floor_bf16`, the float block's own forward + backward (compiled, bf16, no quantizer): the speed-up no "
+    "quantizer work can pass. The calibration and whole-stage rows of the untagged section stand for this code "
+    "(the search code is untouched; the step computes the same bits). Load 11-14: other agents' jobs held the 2 "
+    "cores, so the absolute times are several times an idle machine's; the ratios are of turns interleaved in one "
+    "process. The same run at --threads 2 did not finish in the session (40 minutes at load 11-15) and is pending.")}
+
+
 def table(rows: list[dict], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     return "\n".join(lines + ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows])
@@ -284,14 +330,11 @@ def table(rows: list[dict], cols: list[str]) -> str:
 def write(rows: list[dict], argv: str) -> str:
     path = OUT / "benchmark_recon.json"
     old = json.loads(path.read_text()) if path.is_file() else []
-    key = ("mode", "method", "threads", "cache", "seed")
+    key = ("mode", "method", "threads", "cache", "seed", "tag")
     keep = [r for r in old if tuple(r.get(k) for k in key) not in {tuple(x.get(k) for k in key) for x in rows}]
     allrows = keep + [{**r, "argv": r.get("argv", argv)} for r in rows]
     path.write_text(json.dumps(allrows, indent=1) + "\n")
     commands = list(dict.fromkeys(r["argv"] for r in allrows if "argv" in r))
-    unit = [r for r in allrows if r["mode"] == "unit"]
-    calib = [r for r in allrows if r["mode"] == "calib"]
-    stage = [r for r in allrows if r["mode"] == "stage"]
     md = ["# Reconstruction speed: before issue 23 (546eb90) and now, side by side", "",
           "`PYTHONPATH=$PWD python experiments/speed/benchmark_recon.py ARGS` (rows accumulate over runs), ARGS:", "",
           *[f"- `{c}`" for c in commands], "",
@@ -300,22 +343,28 @@ def write(rows: list[dict], argv: str) -> str:
           "run, back to back). `hash`: the hardened rounding, learned steps and every other saved quantizer "
           "parameter; equal = bit-identical. `load`: 1-minute load average before / after the worker (other jobs "
           "share the 2 cores).", ""]
-    if unit:
-        md += ["## One block (blocks.1), the reconstruction loop, BRECQ defaults", "",
-               "One process, old and new alternating every `chunk` steps, `rounds` turns each: `ms_per_iter` the "
-               "median turn, `ms_min` the fastest; `hash` after `iters` steps of each from the same start.", "",
-               table(unit, ["method", "code", "threads", "chunk", "rounds", "ms_per_iter", "ms_min", "speedup",
-                            "first_turn_s", "iters", "mse_after", "hash", "load"]), ""]
-    if calib:
-        md += ["## The method's calibration (its searches), no reconstruction", "",
-               "One process, old and new alternating, `rounds` turns each: `calib_s` the median, `hash` of the "
-               "calibrated parameters.", "",
-               table(calib, ["method", "code", "threads", "rounds", "calib_s", "calib_min_s", "speedup", "hash",
-                             "load"]), ""]
-    if stage:
-        md += ["## The whole reconstruct stage (6 units x 300 steps) after calibration", "",
-               table(stage, ["method", "seed", "round", "code", "threads", "cache", "calib_s", "recon_s",
-                             "s_per_block", "speedup", "top1", "agreement", "kl_fp32", "hash", "load"]), ""]
+    for tag in dict.fromkeys(r.get("tag") for r in allrows):     # rows without a tag first, then each --tag
+        of = [r for r in allrows if r.get("tag") == tag]
+        unit, calib, stage = ([r for r in of if r["mode"] == mode] for mode in ("unit", "calib", "stage"))
+        head = f" ({tag})" if tag else ""
+        if tag in NOTES:
+            md += [f"## {tag}", "", NOTES[tag], ""]
+        if unit:
+            md += ["## One block (blocks.1), the reconstruction loop, BRECQ defaults" + head, "",
+                   "One process, old and new alternating every `chunk` steps, `rounds` turns each: `ms_per_iter` the "
+                   "median turn, `ms_min` the fastest; `hash` after `iters` steps of each from the same start.", "",
+                   table(unit, ["method", "code", "threads", "chunk", "rounds", "ms_per_iter", "ms_min", "speedup",
+                                "first_turn_s", "iters", "mse_after", "hash", "load"]), ""]
+        if calib:
+            md += ["## The method's calibration (its searches), no reconstruction" + head, "",
+                   "One process, old and new alternating, `rounds` turns each: `calib_s` the median, `hash` of the "
+                   "calibrated parameters.", "",
+                   table(calib, ["method", "code", "threads", "rounds", "calib_s", "calib_min_s", "speedup", "hash",
+                                 "load"]), ""]
+        if stage:
+            md += ["## The whole reconstruct stage (6 units x 300 steps) after calibration" + head, "",
+                   table(stage, ["method", "seed", "round", "code", "threads", "cache", "calib_s", "recon_s",
+                                 "s_per_block", "speedup", "top1", "agreement", "kl_fp32", "hash", "load"]), ""]
     text = "\n".join(md)
     path.with_suffix(".md").write_text(text)
     return text
@@ -338,6 +387,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[3],
                     help="stage: calib.seed values (the calibration and reconstruction images, the step draws)")
     ap.add_argument("--cold-cache", action="store_true", help="stage: each worker compiles from an empty cache")
+    ap.add_argument("--tag", help="rows of this run under their own headings (kept beside the untagged ones)")
     ap.add_argument("--worker", choices=["unit", "stage"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -361,9 +411,10 @@ def main() -> None:
             codes = [Code(args.old_rev, tmp), Code("current", str(ROOT))]
             for method in args.methods:
                 rows_of = calib_side_by_side(codes, method, args.rounds) if mode == "calib" else \
-                    unit_side_by_side(codes, method, args.iters, args.chunk, args.rounds, args.variants)
+                    unit_side_by_side(codes, method, args.iters, args.chunk, args.rounds, args.variants, args.threads)
                 for row in rows_of:
-                    rows.append({**row, "threads": args.threads, "load": f"{load0:.1f}/{os.getloadavg()[0]:.1f}"})
+                    rows.append({**row, "threads": args.threads, "load": f"{load0:.1f}/{os.getloadavg()[0]:.1f}",
+                                 **({"tag": args.tag} if args.tag else {})})
                     print(json.dumps(rows[-1]), flush=True)
             print(write(rows, " ".join(sys.argv[1:])))
             return
@@ -379,7 +430,7 @@ def main() -> None:
                                          cache)
                         rows.append({"mode": mode, "method": method, "seed": seed, "round": r, "code": code,
                                      "threads": args.threads, "cache": "cold" if args.cold_cache else "warm",
-                                     "iters": 300, **res})
+                                     "iters": 300, **res, **({"tag": args.tag} if args.tag else {})})
                         if base is None:
                             base = res
                         else:

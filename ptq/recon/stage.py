@@ -31,7 +31,7 @@ from ptq.recon.learnable import install
 from ptq.recon.losses import get_recon_loss
 from ptq.recon.losses.base import LOSS_KEYS, CaptureContext, Criterion, squared_error
 from ptq.recon.losses.base import reads as loss_reads
-from ptq.recon.step import compiled_step_loss, step_loss
+from ptq.recon.step import FusedAdam, compiled_step_loss, step_loss
 from ptq.recon.units import find_units
 from ptq.schema import ReconConfig
 
@@ -80,8 +80,8 @@ def reconstruct_unit(name: str, unit: nn.Module, rc: ReconConfig, fp_in: list[to
     groups = ([{"params": [m.alpha for m in rounding], "lr": rc.lr_rounding}] if rounding else []) + \
              ([{"params": steps, "lr": rc.lr_step, "step_sizes": True}] if steps else [])
     fast = rc.compile or rc.precision != "float32"     # the opt-in step forms (ptq/recon/step.py)
-    # the fused Adam with the compiled step (one kernel for all tensors; its sums differ from the default's)
-    opt = torch.optim.Adam(groups, fused=True if rc.compile else None) if groups and rc.iters > 0 else None
+    # the fused Adam with the compiled step (one kernel per group; its sums differ from the default's)
+    opt = None if not groups or rc.iters <= 0 else FusedAdam(groups) if rc.compile else torch.optim.Adam(groups)
     step_fn = compiled_step_loss() if rc.compile else step_loss
     n = len(target)
     losses: list[float] = []

@@ -12,6 +12,10 @@ default inline_inbuilt_nn_modules) treats their parameters and buffers as graph 
 structure and shapes (all blocks of a ViT) reuses one compiled graph -- two per structure, the warm-up one
 without the regularizer and one with it; the regularizer's exponent b is a tensor input, not a constant, so the
 annealing does not recompile.
+
+With the compiled step, `FusedAdam` takes the optimizer step: the kernel of torch.optim.Adam(fused=True) (one call
+per parameter group, the same arithmetic, bit for bit), without that class's per-step Python (grouping the tensors
+by device and dtype, checking their state); on the test-bed block that Python was about as long as the kernel.
 """
 from __future__ import annotations
 
@@ -49,6 +53,42 @@ def step_loss(unit: nn.Module, rounding: Sequence[nn.Module], criterion: Criteri
     if b is None or not rounding:
         return rec, rec
     return rec + reg_lambda * sum(rounding_regularizer(m.h(), b) for m in rounding), rec
+
+
+class FusedAdam:
+    """Adam over fixed parameter groups ({"params", "lr"}; betas 0.9 / 0.999, eps 1e-8, no weight decay): what
+    torch.optim.Adam(groups, fused=True).step() computes, bit for bit (tests/test_recon_step.py), for a loop that
+    calls it thousands of times on the same small tensors. A parameter without a gradient is skipped that step, as
+    torch's Adam does."""
+
+    def __init__(self, groups: list[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+        self.param_groups = [{**g, "params": list(g["params"])} for g in groups]
+        self.betas, self.eps = betas, eps
+        self.state: dict[nn.Parameter, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for g in self.param_groups:
+            for p in g["params"]:
+                p.grad = None
+
+    def _state(self, p: nn.Parameter) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if p not in self.state:      # torch's fused Adam: float32 step counter, zero moments like p
+            self.state[p] = (torch.zeros((), dtype=torch.float32, device=p.device),
+                             torch.zeros_like(p, memory_format=torch.preserve_format),
+                             torch.zeros_like(p, memory_format=torch.preserve_format))
+        return self.state[p]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for g in self.param_groups:
+            params = [p for p in g["params"] if p.grad is not None]
+            if not params:
+                continue
+            steps, avgs, sqs = zip(*(self._state(p) for p in params))
+            torch._foreach_add_(list(steps), 1)
+            torch._fused_adam_(params, [p.grad for p in params], list(avgs), list(sqs), [], list(steps),
+                               amsgrad=False, lr=g["lr"], beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0,
+                               eps=self.eps, maximize=False, grad_scale=None, found_inf=None)
 
 
 _COMPILED: StepLoss | None = None
