@@ -35,15 +35,12 @@ def outlier_columns(w: torch.Tensor, percentile: float = 99.0, rows_per_column: 
     k = min(m // rows_per_column, d - 1)
     if k <= 0:
         return torch.zeros(0, dtype=torch.long, device=w.device)
-    mask = torch.zeros(m, d, dtype=torch.bool, device=w.device)
-    q = percentile / 100.0
-    for i in range(m):
-        row = w[i]
-        pos, neg = row[row > 0], row[row < 0]
-        if len(pos):
-            mask[i] |= row > torch.quantile(pos, q)
-        if len(neg):
-            mask[i] |= row < torch.quantile(neg, 1.0 - q)
+    q, nan = percentile / 100.0, torch.tensor(float("nan"), dtype=w.dtype, device=w.device)
+    # per row, the quantile of its positive (negative) weights alone: the others NaN, ignored; no such weight: NaN,
+    # and a comparison with NaN is false (no outlier on that side)
+    hi = torch.nanquantile(torch.where(w > 0, w, nan), q, dim=1, keepdim=True)
+    lo = torch.nanquantile(torch.where(w < 0, w, nan), 1.0 - q, dim=1, keepdim=True)
+    mask = (w > hi) | (w < lo)
     count = mask.sum(dim=0)
     first = torch.where(mask.any(dim=0), mask.to(torch.int8).argmax(dim=0), torch.full_like(count, m))
     order = torch.arange(d, device=w.device)
