@@ -232,13 +232,18 @@ class CompensateConfig:
     batch_size: int = 32             # images per forward while capturing block inputs and outputs
     # ERQ (compensate=erq; ptq/compensate/erq.py, SPEC.md): ridge weights lambda = 0.1 * coe on the raw Gram of a
     # layer's token input, head_lambda for a pooled (head) input, conv_lambda (null: coe) in the patch embedding's
-    # second step; the rounding refinement's iterations and rows per group (memory only); two_part: not implemented
+    # second step; the rounding refinement's iterations and rows per group (memory only)
     coe: float = 20000.0
     head_lambda: float = 0.1
     conv_lambda: float | None = None
     iterations: int = 100
     rows_per_group: int = 500
-    two_part: bool = False
+    # ERQ's two-part weight quantizer of qkv / fc1 (ptq/compensate/two_part.py): the input columns most often beyond
+    # a row's two_part_percentile (positive) / 100 - it (negative) get their own per-row scales, out_features //
+    # two_part_rows_per_column of them (the released code's 99 and 20); null: official true, paper false
+    two_part: bool | None = None
+    two_part_percentile: float = 99.0
+    two_part_rows_per_column: int = 20
 
 
 @dataclass

@@ -141,8 +141,9 @@ def test_halves_pass_matches_numpy():
     assert np.allclose(w_np, np.round(w_np))   # every weight on the grid, the bias free
 
 
-def _setup(compose, *overrides):
-    cfg = compose([*CALIB, "compensate=erq", "compensate.batch_size=8", *overrides])
+def erq_setup(compose, *overrides, calib=tuple(CALIB)):
+    """(config, random-weight model, 8 calibration images, 16 compensation images) for ERQ after `calib`."""
+    cfg = compose([*calib, "compensate=erq", "compensate.batch_size=8", *overrides])
     torch.manual_seed(0)
     m = build_model(cfg.model)
     g = torch.Generator().manual_seed(1)
@@ -159,7 +160,7 @@ def _logits(m, x):
 def test_erq_lowers_layer_errors_hardens_rounding_and_round_trips(compose, tmp_path, compat):
     from ptq.quant.modules import QLinear
 
-    cfg, m, x, comp = _setup(compose, f"compensate.compat={compat}")
+    cfg, m, x, comp = erq_setup(compose, f"compensate.compat={compat}")
     fresh = copy.deepcopy(m)
     rep = quantize_model(m, resolve_ptq_config(cfg), x, comp[1][:8], progress=False, comp_data=comp)
     rows = rep.compensation["layers"]
@@ -185,14 +186,19 @@ def test_erq_with_quantizers_off_leaves_logits_unchanged(compose, monkeypatch):
     """Every quantizer off (as the QwT zero-effect test): no layer is edited, the logits stay exactly the same."""
     from test_compensate import run_stage_with_quantizers_off
 
-    cfg, m, x, comp = _setup(compose)
+    cfg, m, x, comp = erq_setup(compose)
     state, ref = run_stage_with_quantizers_off(compose, monkeypatch, cfg, m, x, comp)
     assert state.report.compensation["layers"] == [] and torch.equal(_logits(m, comp[0]), ref)
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["compensate.two_part=true"], r"compensate.two_part=true .* is not implemented yet; valid: "
-                                   r"compensate.two_part=false"),
+    (["compensate.two_part_percentile=100"], r"impossible compensate.two_part_percentile=100.0; valid: a number "
+                                             r"in \[50, 100\)"),
+    (["compensate.two_part_percentile=40"], r"impossible compensate.two_part_percentile=40.0"),
+    (["compensate.two_part_rows_per_column=0"], r"impossible compensate.two_part_rows_per_column=0; valid: an "
+                                                r"integer >= 1"),
+    (["compensate=qwt", "compensate.two_part=true"], r"compensate.two_part=true is an option of compensate.name=erq"
+                                                     r" .*not of qwt; valid: compensate.two_part=false or null"),
     (["compensate.coe=-1"], r"impossible compensate.coe=-1"),
     (["compensate.head_lambda=-0.1"], r"impossible compensate.head_lambda=-0.1"),
     (["compensate.iterations=-1"], r"impossible compensate.iterations=-1"),

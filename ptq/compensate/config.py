@@ -17,6 +17,11 @@ AUGMENTATIONS = ("none", "train")
 STAGE = "compensate"
 
 
+def two_part_default(name: str | None, compat: str | None) -> bool:
+    """compensate.two_part=null: on for ERQ's official form (the released code's default for qkv / fc1), else off."""
+    return name == "erq" and compat == "official"
+
+
 def check_order(stages: list[str], after_reconstruct: set[str]) -> None:
     """compensate runs after the method's stages and reconstruction, before the stages that must follow
     reconstruction (AdaLog's fold_shift: with it done, the model with quantizers off is no longer the float model
@@ -62,9 +67,15 @@ def resolve_compensate(c: DictConfig) -> CompensateConfig:
             raise PTQError(f"impossible compensate.{key}={getattr(cc, key)}; valid: {what}")
     if not cc.blocks:
         raise PTQError("impossible compensate.blocks=[]; valid: [all], or block names / indices")
-    if cc.two_part:
-        raise PTQError("compensate.two_part=true (ERQ's two-part weight quantizer for qkv / fc1) is not implemented "
-                       "yet; valid: compensate.two_part=false")
+    if cc.two_part is None:   # the released ERQ code's default (SPEC.md ERQ); the paper form and other stages: off
+        cc = dataclasses.replace(cc, two_part=two_part_default(cc.name, cc.compat))
+    if cc.two_part and cc.name != "erq":
+        raise PTQError(f"compensate.two_part=true is an option of compensate.name=erq (ERQ's two-part weights), not "
+                       f"of {cc.name}; valid: compensate.two_part=false or null")
+    for key, ok, what in (("two_part_percentile", 50 <= cc.two_part_percentile < 100, "a number in [50, 100)"),
+                          ("two_part_rows_per_column", cc.two_part_rows_per_column >= 1, "an integer >= 1")):
+        if not ok:
+            raise PTQError(f"impossible compensate.{key}={getattr(cc, key)}; valid: {what}")
     if cc.name == "erq" and list(cc.blocks) != ["all"]:
         raise PTQError(f"compensate.blocks={list(cc.blocks)} is not supported by compensate.name=erq (it edits "
                        f"every quantized linear); valid: [all]")

@@ -27,6 +27,7 @@ from torch import nn
 from ptq.compensate.erq_steps import quantize_by_halves, ridge_update
 from ptq.compensate.registry import Compensator, Fit, register_compensator
 from ptq.compensate.side import EDITED
+from ptq.compensate.two_part import TwoPartQuantizer, outlier_columns
 from ptq.errors import PTQError
 from ptq.quant.modules import QConv2d, QLinear, QuantOp
 from ptq.quant.wrap import quant_ops, set_quant_enabled
@@ -36,6 +37,7 @@ from ptq.schema import CompensateConfig
 
 log = logging.getLogger("ptq.compensate")
 PATCH_EMBED = "patch_embed"   # the released code skips step 1 for the patch embedding ('embed' in its name)
+TWO_PART_LAYERS = ("qkv", "fc1")   # the released code's two-part weights ('qkv' or 'fc1' in the name)
 
 
 def erq_layers(model: nn.Module) -> list[tuple[str, QuantOp]]:
@@ -79,6 +81,19 @@ def rounding_choices(q: Quantizer, shape: torch.Size):
     return choices
 
 
+def _search_multiplier(q: Quantizer) -> torch.Tensor | None:
+    """param / initial of a one-value-per-group parameter the method searched (None otherwise)."""
+    if q.searched and q.param.ndim == 1 and getattr(q, "initial", None) is not None:
+        return q.param / q.initial
+    return None
+
+
+def _initialize(q: Quantizer, w: torch.Tensor, multiplier: torch.Tensor | None) -> None:
+    q.initialize(w)
+    if multiplier is not None:
+        q.set_param(q.param * multiplier)
+
+
 @torch.no_grad()
 def reinitialize(q: Quantizer, w_new: torch.Tensor) -> None:
     """The weight quantizer initialized again on the new weights by its own initialization (`initialize`: min-max
@@ -86,12 +101,30 @@ def reinitialize(q: Quantizer, w_new: torch.Tensor) -> None:
     one-value-per-group parameter the method searched keeps the search's multiplier of that initialization
     (param / initial, e.g. PTQ4ViT's and BasePTQ's scale grid); a [G, K] parameter (AdaLog's scale and zero point)
     takes the initialization alone (its search is not re-run)."""
-    multiplier = None
-    if q.searched and q.param.ndim == 1 and getattr(q, "initial", None) is not None:
-        multiplier = q.param / q.initial
-    q.initialize(w_new)
-    if multiplier is not None:
-        q.set_param(q.param * multiplier)
+    _initialize(q, w_new, _search_multiplier(q))
+
+
+@torch.no_grad()
+def split_two_part(q: Quantizer, w_new: torch.Tensor, percentile: float, rows_per_column: int) -> Quantizer:
+    """`reinitialize` with ERQ's two-part weights (ptq/compensate/two_part.py): the outlier columns of w_new get a
+    second quantizer; each part is initialized on its own columns (a searched multiplier applies to both). Without
+    any outlier column chosen (a layer of fewer than rows_per_column rows) the quantizer is reinitialized alone."""
+    columns = outlier_columns(w_new, percentile, rows_per_column)
+    if not len(columns):
+        reinitialize(q, w_new)
+        return q
+    multiplier = _search_multiplier(q)
+    two = TwoPartQuantizer(q, columns)
+    w_outer, w_inner = two.parts(w_new)
+    _initialize(two.outer, w_outer, multiplier)
+    _initialize(two.inner, w_inner, multiplier)
+    two.initialized = True
+    return two
+
+
+def two_part_layer(name: str, op: QuantOp) -> bool:
+    """The layers the released code gives two-part weights: the linears named qkv or fc1."""
+    return isinstance(op, QLinear) and name.rsplit(".", 1)[-1] in TWO_PART_LAYERS
 
 
 def _check(op_name: str, op: QuantOp, cc: CompensateConfig) -> None:
@@ -166,7 +199,11 @@ class ERQ(Compensator):
                 op.weight.copy_(w_new.reshape(w0.shape))
                 if b_new is not None:
                     op.bias.copy_(b_new)
-                reinitialize(q, op.weight.detach())
+                if cc.two_part and two_part_layer(name, op):
+                    q = op.weight_quantizer = split_two_part(q, op.weight.detach(), cc.two_part_percentile,
+                                                             cc.two_part_rows_per_column)
+                else:
+                    reinitialize(q, op.weight.detach())
             lam2 = conv_lambda if conv else (0.1 * cc.coe if cc.compat == "official" or not pooled else lam1)
             w_at, up, b_fin, flips = quantize_by_halves(
                 op.weight.detach().reshape(w0.shape[0], -1), op.bias.detach() if op.bias is not None else None, xq,
@@ -181,14 +218,16 @@ class ERQ(Compensator):
                          "lambda": [None if embed else lam1, lam2], "refined": not conv, "flips": flips,
                          "out_mse_before": round(before, 8), "out_mse_after": round(_output_mse(op, xq, y), 8),
                          "seconds": round(time.time() - t1, 3)})
+            if cc.two_part:   # recorded only when on (results of two_part=false runs unchanged)
+                rows[-1]["two_part_columns"] = len(q.columns) if isinstance(q, TwoPartQuantizer) else 0
             log.info("erq %s: output MSE %.3g -> %.3g, %d flips (%.1fs)", name, before, rows[-1]["out_mse_after"],
                      flips, rows[-1]["seconds"])
             del x_fp, x_in, xq, y
         set_quant_enabled(model, True)
         return {"name": cc.name, "compat": cc.compat, "images": len(x_all), "inputs":
                 "float" if cc.compat == "official" else "quantized_stream", "coe": cc.coe, "solver": cc.solver,
-                "layers": rows, "blocks": [], "kept": len(rows), "added_params": 0, "added_macs_per_image": 0,
-                "seconds": round(time.time() - t0, 3)}
+                **({"two_part": True} if cc.two_part else {}), "layers": rows, "blocks": [], "kept": len(rows),
+                "added_params": 0, "added_macs_per_image": 0, "seconds": round(time.time() - t0, 3)}
 
 
 def _output_mse(op: QuantOp, xq: torch.Tensor, y: torch.Tensor) -> float:

@@ -138,4 +138,19 @@ def _restore_weights(layer: nn.Module, t: dict[str, torch.Tensor]) -> None:
     setattr(layer, EDITED, True)
 
 
-register_saved_state("compensate", compensation_state, restore_compensation)   # kept in quant_params.safetensors
+def prepare_two_part(model: nn.Module, quantizers: dict) -> None:
+    """Before a saved file's quantizers load: a weight quantizer saved as ERQ's two-part one (kind two_part) is
+    wrapped so again (ptq/compensate/two_part.py; its columns and both parts then load from the file)."""
+    from ptq.compensate.two_part import TwoPartQuantizer
+
+    modules = dict(model.named_modules())
+    for key, info in quantizers.items():
+        layer, _, operand = key.rpartition(".")
+        op = modules.get(layer)
+        if info.get("kind") == TwoPartQuantizer.kind and operand == "weight" and isinstance(op, QuantOp) \
+                and op.weight_quantizer is not None and not isinstance(op.weight_quantizer, TwoPartQuantizer):
+            op.weight_quantizer = TwoPartQuantizer(op.weight_quantizer)   # anything else: the load's checks refuse
+
+
+register_saved_state("compensate", compensation_state, restore_compensation,   # kept in quant_params.safetensors
+                     prepare_two_part)

@@ -18,7 +18,7 @@ from timm.models.swin_transformer import SwinTransformerBlock
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from ptq.compensate.config import check_recipe, resolve_compensate
+from ptq.compensate.config import check_recipe, resolve_compensate, two_part_default
 from ptq.compensate.registry import COMPENSATORS
 from ptq.compensate.side import attach
 from ptq.errors import PTQError
@@ -32,8 +32,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ptq.compensate")
 
-# the config keys this stage reads beyond its own group (none: the plug-in's group is read as a whole)
-READS: tuple[str, ...] = ()
+TWO_PART_KEYS = ("two_part", "two_part_percentile", "two_part_rows_per_column")
+
+
+def _compensate_keys(config: dict) -> list[str]:
+    """The compensate group's keys, but ERQ's two-part ones only where two-part weights are on (so a job with them
+    off has the identity it had before they existed)."""
+    comp = config.get("compensate") or {}
+    on = comp.get("two_part")
+    if on is None:
+        on = two_part_default(comp.get("name"), comp.get("compat", "paper"))
+    return [f"compensate.{k}" for k in comp if on or k not in TWO_PART_KEYS] or ["compensate"]
+
+
+# the config keys this stage reads: its own group (the two-part keys where they act)
+READS = (_compensate_keys,)
 COMPENSATED_TYPES = (Block, SwinTransformerBlock)
 
 
@@ -64,7 +77,7 @@ def _float_output(block: nn.Module, x: torch.Tensor, batch_size: int) -> torch.T
 
 
 @register_stage("compensate", reads=READS, plugin=PlugIn("compensate", resolve_compensate, order=1,
-                                                         check_recipe=check_recipe))
+                                                         check_recipe=check_recipe, reads_group=False))
 def compensate(state: RecipeState) -> None:
     """The stage (see the module docstring); rows per block go to the report's `compensation`."""
     cc, model = state.pcfg.compensate, state.model

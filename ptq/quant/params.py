@@ -36,13 +36,16 @@ class SavedState:
 
     save: Callable[[nn.Module], tuple[dict[str, torch.Tensor], dict]]
     restore: Callable[[nn.Module, dict[str, torch.Tensor], dict, str | None], None]
+    # before the quantizers load: (model, the file's {quantizer key: describe()}) puts back quantizers the plug-in
+    # replaced (ERQ's two-part weights), so each saved quantizer finds one of its kind
+    prepare: Callable[[nn.Module, dict], None] | None = None
 
 
 SAVED_STATES: dict[str, SavedState] = {}   # metadata key (the plug-in's config group) -> its state
 
 
-def register_saved_state(group: str, save, restore) -> None:
-    SAVED_STATES[group] = SavedState(save, restore)
+def register_saved_state(group: str, save, restore, prepare=None) -> None:
+    SAVED_STATES[group] = SavedState(save, restore, prepare)
 
 
 def save_quant_params(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
@@ -97,6 +100,9 @@ def load_quant_params(model: nn.Module, path: str | Path, settings: dict[str, st
     except Exception as e:
         raise PTQError(f"quantizer.load={path} is not a saved quantizer-parameter file ({type(e).__name__})") from None
     _check_values(path, tensors, (), "")
+    for state in SAVED_STATES.values():
+        if state.prepare is not None:
+            state.prepare(model, meta)
     _, own = quant_state(model)
     if set(own) != set(meta):
         diff = sorted(set(own) ^ set(meta))[:3]
