@@ -168,6 +168,8 @@ class ReconConfig:
     loss_temp: float = 20.0          # aph: softmax temperature of the KL distillation loss (both references: 20)
     head_loss: str = "mse"           # the classifier head's loss: mse | kl (KL(float || quantized) of the softmax)
     rec_scale: float = 1.0           # factor of the output loss (sum over dim 1, mean over the others)
+    rec_norm: str = "none"           # none | first: the output loss divided by its first step's value, times 2, per
+    #                                  unit (the APHQ-ViT code's block reconstruction: it starts at 2 in every unit)
     learn_rounding: bool = True      # learn the rounding of weights whose quantizer declares learnable_rounding
     learn_step: bool = True          # learn the step of activation quantizers that declare learnable_step
     lr_rounding: float = 1e-2        # Adam learning rate of the rounding variables

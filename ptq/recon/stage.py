@@ -48,6 +48,20 @@ def output_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     return squared_error(out, target, weight, scale)
 
 
+def first_step_normalized(criterion: Criterion) -> Criterion:
+    """recon.rec_norm=first: the criterion divided by its value at the first step (a number, no gradient), times 2
+    (the APHQ-ViT code's block reconstruction, head included): the loss starts at 2 in every unit, so the rounding
+    regularizer's weight is relative to it rather than to the unit's output scale."""
+    first: list[float] = []
+
+    def normalized(out: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        rec = criterion(out, target, idx)
+        if not first:
+            first.append(rec.detach().item())
+        return rec * (2.0 / first[0]) if first[0] > 0 else rec
+    return normalized
+
+
 @torch.no_grad()
 def unit_mse(unit: nn.Module, inputs: list[torch.Tensor], target: torch.Tensor, batch_size: int) -> float:
     """Mean squared error of the unit's output to the float output (what reconstruction reduces)."""
@@ -172,6 +186,8 @@ def reconstruct(state: RecipeState) -> None:
         set_quant_enabled(model, True)
         criterion = (lambda o, t, i: output_loss(o, t, None, True, rc.rec_scale)) if kl else \
             loss.criterion(stats, rc)
+        if rc.rec_norm == "first":
+            criterion = first_step_normalized(criterion)
         rows.append(reconstruct_unit(name, unit, rc, fp_in, q_in, target, criterion, generator, state.progress))
         del fp_in, q_in, target, stats
     set_quant_enabled(model, True)
