@@ -159,6 +159,9 @@ class ReconConfig:
     batch_size: int = 32             # images per step, a fresh random draw each step
     n_images: int = 1024             # train images after the calibration ones in the calib.seed permutation
     inputs: str = "quantized"        # unit inputs: quantized (the quantized model's, BRECQ) | float (AdaLog)
+    target: str = "float"            # float: the float model as the stages before left it | original: the model as
+    #                                  built, before MLP reconstruction (the APHQ-ViT code's: its float inputs, outputs
+    #                                  and loss statistics come from an untouched copy of the GELU model)
     loss: str = "mse"                # the unit-output loss, ptq/recon/losses/: mse | fisher (BRECQ) | aph (APHQ-ViT)
     #                                  | fisher_dplr (FIMA-Q); what each computes: ptq/recon/losses/SPEC.md
     loss_rank: int = 5               # fisher_dplr: rank of the low-rank part (FIMA-Q's k = 5)

@@ -31,6 +31,7 @@ from ptq.recon.learnable import install
 from ptq.recon.losses import get_recon_loss
 from ptq.recon.losses.base import LOSS_KEYS, CaptureContext, Criterion, squared_error
 from ptq.recon.losses.base import reads as loss_reads
+from ptq.recon.mlp_state import original_float
 from ptq.recon.step import compiled_step_loss, step_loss
 from ptq.recon.units import find_units
 from ptq.schema import ReconConfig
@@ -178,7 +179,11 @@ def reconstruct(state: RecipeState) -> None:
         kl = rc.head_loss == "kl" and unit is head
         loss = get_recon_loss(rc.loss)
         draws = state.pcfg.fisher_draws if loss_reads(rc.loss, "fisher_draws") else 0   # read only where declared
-        fp_in, target, stats = loss.capture(CaptureContext(model, unit, x, capture_bs, generator, rc, draws))
+        src, src_unit = model, unit
+        if rc.target == "original" and (orig := original_float(model)) is not None:   # the model before MLP recon
+            src, src_unit = orig, orig.get_submodule(name)
+            set_quant_enabled(src, False)
+        fp_in, target, stats = loss.capture(CaptureContext(src, src_unit, x, capture_bs, generator, rc, draws))
         q_in = None
         if rc.inputs == "quantized":
             set_quant_enabled(model, True)
