@@ -93,8 +93,9 @@ def restore_mlp_state(model: nn.Module, tensors: dict[str, torch.Tensor], meta: 
 
 def keep_float(model: nn.Module) -> None:
     """Record the reconstructed MLPs' weights now (the modified float model, before later stages fold into them)."""
-    tensors, _ = mlp_state(model)
-    setattr(model, FLOAT_ATTR, {k[len(GROUP) + 1:]: v for k, v in tensors.items()})
+    tensors, _ = mlp_state(model)   # a copy: on a CPU float32 model mlp_state's tensors share the parameters' memory,
+    #                                  which a later LayerNorm fold changes in place (fc1's weight times r)
+    setattr(model, FLOAT_ATTR, {k[len(GROUP) + 1:]: v.clone() for k, v in tensors.items()})
 
 
 def keep_original(model: nn.Module) -> None:
