@@ -159,6 +159,9 @@ class ReconConfig:
     batch_size: int = 32             # images per step, a fresh random draw each step
     n_images: int = 1024             # train images after the calibration ones in the calib.seed permutation
     inputs: str = "quantized"        # unit inputs: quantized (the quantized model's, BRECQ) | float (AdaLog)
+    target: str = "float"            # float: the float model as the stages before left it | original: the model as
+    #                                  built, before MLP reconstruction (the APHQ-ViT code's: its float inputs, outputs
+    #                                  and loss statistics come from an untouched copy of the GELU model)
     loss: str = "mse"                # the unit-output loss, ptq/recon/losses/: mse | fisher (BRECQ) | aph (APHQ-ViT)
     #                                  | fisher_dplr (FIMA-Q) | fisher_dplr_official (FIMA-Q's code); what each
     #                                  computes: ptq/recon/losses/SPEC.md
@@ -169,6 +172,8 @@ class ReconConfig:
     loss_temp: float = 20.0          # aph, fisher_dplr_official: temperature of the KL (both references: 20)
     head_loss: str = "mse"           # the classifier head's loss: mse | kl (KL(float || quantized) of the softmax)
     rec_scale: float = 1.0           # factor of the output loss (sum over dim 1, mean over the others)
+    rec_norm: str = "none"           # none | first: the output loss divided by its first step's value, times 2, per
+    #                                  unit (the APHQ-ViT code's block reconstruction: it starts at 2 in every unit)
     learn_rounding: bool = True      # learn the rounding of weights whose quantizer declares learnable_rounding
     learn_step: bool = True          # learn the step of activation quantizers that declare learnable_step
     lr_rounding: float = 1e-2        # Adam learning rate of the rounding variables

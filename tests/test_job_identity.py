@@ -151,6 +151,7 @@ def one_thread():
     ("quantizer=base_ptq",), ("quantizer=ptq4vit", "metric.grad=fisher", "calib.mode=sequential"),
     ("quantizer=repq_vit", "recon=brecq", "recon.loss=fisher"), ("quantizer=adalog", "recon=adalog", *ADALOG_FAST),
     ("quantizer=ptq4vit_repq", "metric=cosine"),
+    ("quantizer=aphq_official", "quantizer.search.rounds=1"),
 ], ids=lambda o: "-".join(o[:3]))
 def test_declared_reads_cover_what_the_stages_read(overrides, one_thread):
     """Run the recipe on a 1-block model with a config object that records every field a stage reads: each

@@ -11,7 +11,10 @@ z_j = n - Z / 2 + j, j = 0..Z-1 (n = 2^(b-1)); candidate k = j S + i, Z S = `can
 (option `z_grid`): `weight` (linear weights, matmul operands) min(16, n); `input` (linear inputs) min(16, 2n),
 scales clamped to >= 1e-4; `conv` (patch-embedding weights) n; `weight_prefix`: the linear-weight / matmul grid
 before the reference's commit 75a57d2, Z = n (differs from `weight` at 6 bits only: 32 x 4, z in 16..47), which
-the reference README's 6-bit numbers used (SPEC-adalog 3.2, quirk 17).
+the reference README's 6-bit numbers used (SPEC-adalog 3.2, quirk 17); `weight_wide` (APHQ-ViT's linear weights)
+min(16, 2n) like `input` but without its clamp; `zero` one zero point, z = 0, all `candidates` scales (clamped like
+`input`); `post_relu` is `zero` in the paper form and `input` in the official one (APHQ-ViT's post-ReLU fc2 input,
+ptq/quant/stages/APHQ_SPEC.md). With `stages: 1` the search is the plain grid (no beam refinement).
 Beam refinement (section 3.4): keep `beam` pairs per group; each spawns e = candidates / beam children
 (s + (k / (e - 1) - 1/2) delta_t, z), delta_1 = s_1 - s_0, delta_{t+1} = delta_t / (e - 1/2), `stages` stages.
 
@@ -37,7 +40,7 @@ from ptq.quantizers.uniform_asym import AsymmetricRounding
 CHUNK_LIMIT = 2 ** 24
 # the reference's lower quantile: 1 - 0.9 evaluated in float32 (0.100000024), not 0.1 (0.1000000015 in float32)
 REFERENCE_P_LOW = float(1.0 - torch.tensor(0.9, dtype=torch.float32))
-Z_GRIDS = ("weight", "input", "conv", "weight_prefix")
+Z_GRIDS = ("weight", "input", "conv", "weight_prefix", "weight_wide", "zero", "post_relu")
 MIN_SCALE = 1e-8
 
 
@@ -124,9 +127,15 @@ class UniformGridQuantizer(AsymmetricRounding, Quantizer):
                                                          torch.maximum(prev[:, 1], s[:, 1])], dim=1)
 
     # -- candidates -------------------------------------------------------------------------------------------------
+    def z_grid(self) -> str:
+        """The zero-point grid in use: `post_relu` resolves by form (paper: `zero`, official: `input`)."""
+        g = self.options["z_grid"]
+        return ("zero" if self.form == "paper" else "input") if g == "post_relu" else g
+
     def z_count(self) -> int:
         n = 2 ** (self.bits - 1)
-        return {"weight": min(16, n), "input": min(16, 2 * n), "conv": n, "weight_prefix": n}[self.options["z_grid"]]
+        return {"weight": min(16, n), "input": min(16, 2 * n), "conv": n, "weight_prefix": n,
+                "weight_wide": min(16, 2 * n), "zero": 1}[self.z_grid()]
 
     def grid(self, x: torch.Tensor) -> torch.Tensor:
         """The section 3.2 candidates of operand x -> [C, G, 2], candidate k = j S + i."""
@@ -141,11 +150,12 @@ class UniformGridQuantizer(AsymmetricRounding, Quantizer):
         else:
             frac = torch.arange(sc, dtype=values.dtype, device=values.device)[:, None] / max(sc - 1, 1)
         scales = (d_lo + frac * (d_hi - d_lo)) / (2 ** self.bits - 1)                        # [S, G]
-        if self.options["z_grid"] == "input":
+        if self.z_grid() in ("input", "zero"):
             scales = scales.clamp(min=1e-4)
         scales = scales.clamp(min=MIN_SCALE)
         n = 2 ** (self.bits - 1)
-        zs = torch.arange(zc, dtype=values.dtype, device=values.device) + (n - zc // 2)       # [Z]
+        z0 = 0 if self.z_grid() == "zero" else n - zc // 2
+        zs = torch.arange(zc, dtype=values.dtype, device=values.device) + z0                 # [Z]
         s_all = scales.repeat(zc, 1)                                                         # k = j S + i
         z_all = zs.repeat_interleave(sc)[:, None].expand_as(s_all)
         return torch.stack([s_all, z_all], dim=-1)
@@ -176,7 +186,7 @@ class UniformGridQuantizer(AsymmetricRounding, Quantizer):
         beam, stages = int(self.options["beam"]), int(self.options["stages"])
         e = int(self.options["candidates"]) // beam
         official = self.form == "official"
-        floor = 1e-4 if official and self.options["z_grid"] == "input" else None
+        floor = 1e-4 if official and self.z_grid() in ("input", "zero") else None
         return [(lambda _surv: grid, beam if stages > 1 else 1),
                 *refinements(grid[1, :, 0] - grid[0, :, 0], e, stages - 1, beam, linspace=official, floor=floor)]
 

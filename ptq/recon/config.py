@@ -12,6 +12,8 @@ from ptq.schema import ReconConfig
 INPUTS = ("quantized", "float")
 DIRECTIONS = ("rademacher", "ones")
 HEAD_LOSSES = ("mse", "kl")
+REC_NORMS = ("none", "first")
+TARGETS = ("float", "original")
 
 
 def resolve_recon(rc: DictConfig) -> ReconConfig:
@@ -19,7 +21,8 @@ def resolve_recon(rc: DictConfig) -> ReconConfig:
     r = ReconConfig(**OmegaConf.to_container(rc, resolve=True))
     for key, valid in (("unit", UNITS), ("inputs", INPUTS), ("loss", tuple(RECON_LOSSES)),
                        ("loss_direction", DIRECTIONS), ("head_loss", HEAD_LOSSES),
-                       ("precision", PRECISIONS)):
+                       ("precision", PRECISIONS), ("rec_norm", REC_NORMS),
+                       ("target", TARGETS)):
         if getattr(r, key) not in valid:
             raise PTQError(f"unknown recon.{key}={getattr(r, key)}; valid: {choices(valid)}")
     for key, ok, what in (("iters", r.iters >= 0, "an integer >= 0"), ("batch_size", r.batch_size >= 1, ">= 1"),

@@ -33,7 +33,7 @@ from ptq.recon.losses import get_recon_loss
 from ptq.recon.losses.base import CaptureContext, Criterion
 from ptq.recon.losses.base import reads as loss_reads
 from ptq.recon.mlp_config import STAGE, check_recipe, clamp_pct, resolve_mlp_recon
-from ptq.recon.mlp_state import TENSORS, gelu_mlps, install, keep_float, reconstructed_mlps
+from ptq.recon.mlp_state import TENSORS, gelu_mlps, install, keep_float, keep_original, reconstructed_mlps
 from ptq.schema import MLPReconConfig
 
 log = logging.getLogger("ptq.recon.mlp")
@@ -110,8 +110,8 @@ def _reads(config: dict) -> list[str]:
     """Beyond its group: the images' draw (recon.n_images of them after the calibration ones) and the capture's
     batch; metric.fisher_draws where its loss reads it."""
     loss = (config.get("mlp_recon") or {}).get("loss", "aph")
-    return ["recon.n_images", "calib.batch_size"] + (["metric.fisher_draws"] if loss_reads(loss, "fisher_draws")
-                                                     else [])
+    return ["recon.n_images", "calib.batch_size", "recon.target"] + (
+        ["metric.fisher_draws"] if loss_reads(loss, "fisher_draws") else [])
 
 
 def _calibrated(state: RecipeState) -> list[str]:
@@ -164,6 +164,8 @@ def mlp_reconstruct(state: RecipeState) -> None:
         log.info("mlp recon %s: ub %.3g, loss %.4g -> %.4g, output MSE %.4g -> %.4g (%.1fs)", name, ub, before[0],
                  after[0], before[1], after[1], rows[-1]["seconds"])
         del fp_in, target, stats
+    if pcfg.recon.name != "none" and pcfg.recon.target == "original":
+        keep_original(model)
     for name, mlp in mlps:
         install(mlp, new[name])
     keep_float(model)

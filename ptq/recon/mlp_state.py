@@ -9,6 +9,8 @@ kept on the model (`FLOAT_ATTR`): they are the modified float model the report e
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from timm.layers import Mlp
 from torch import nn
@@ -18,6 +20,7 @@ from ptq.quant.params import register_saved_state
 
 MARK = "_ptq_mlp_recon"          # set on an Mlp whose GELU this stage replaced
 FLOAT_ATTR = "_ptq_mlp_float"    # on the model: {tensor name: distilled value} at the end of the stage
+ORIGINAL_ATTR = "_ptq_mlp_original"   # on the model: a copy of it before the change (recon.target=original)
 TENSORS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
 GROUP = "mlp_recon"
 
@@ -90,8 +93,21 @@ def restore_mlp_state(model: nn.Module, tensors: dict[str, torch.Tensor], meta: 
 
 def keep_float(model: nn.Module) -> None:
     """Record the reconstructed MLPs' weights now (the modified float model, before later stages fold into them)."""
-    tensors, _ = mlp_state(model)
-    setattr(model, FLOAT_ATTR, {k[len(GROUP) + 1:]: v for k, v in tensors.items()})
+    tensors, _ = mlp_state(model)   # a copy: on a CPU float32 model mlp_state's tensors share the parameters' memory,
+    #                                  which a later LayerNorm fold changes in place (fc1's weight times r)
+    setattr(model, FLOAT_ATTR, {k[len(GROUP) + 1:]: v.clone() for k, v in tensors.items()})
+
+
+def keep_original(model: nn.Module) -> None:
+    """Keep a copy of the model as it is before the change (float: no quantizer is initialized yet) for a
+    reconstruction whose targets are the original float model (recon.target=original); held outside the module
+    tree, so it is neither a submodule nor in the state dict."""
+    object.__setattr__(model, ORIGINAL_ATTR, copy.deepcopy(model))
+
+
+def original_float(model: nn.Module) -> nn.Module | None:
+    """The copy `keep_original` made, or None (no MLP reconstruction kept one)."""
+    return model.__dict__.get(ORIGINAL_ATTR)
 
 
 def modified_float(model: nn.Module, float_model: nn.Module) -> nn.Module | None:

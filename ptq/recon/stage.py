@@ -31,6 +31,7 @@ from ptq.recon.learnable import install
 from ptq.recon.losses import get_recon_loss
 from ptq.recon.losses.base import LOSS_KEYS, CaptureContext, Criterion, squared_error
 from ptq.recon.losses.base import reads as loss_reads
+from ptq.recon.mlp_state import original_float
 from ptq.recon.step import FusedAdam, compiled_step_loss, step_loss
 from ptq.recon.units import find_units
 from ptq.schema import ReconConfig
@@ -46,6 +47,20 @@ def output_loss(out: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
         logp = F.log_softmax(target, -1)
         return scale * (logp.exp() * (logp - F.log_softmax(out, -1))).sum(-1).mean()
     return squared_error(out, target, weight, scale)
+
+
+def first_step_normalized(criterion: Criterion) -> Criterion:
+    """recon.rec_norm=first: the criterion divided by its value at the first step (a number, no gradient), times 2
+    (the APHQ-ViT code's block reconstruction, head included): the loss starts at 2 in every unit, so the rounding
+    regularizer's weight is relative to it rather than to the unit's output scale."""
+    first: list[float] = []
+
+    def normalized(out: torch.Tensor, target: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        rec = criterion(out, target, idx)
+        if not first:
+            first.append(rec.detach().item())
+        return rec * (2.0 / first[0]) if first[0] > 0 else rec
+    return normalized
 
 
 @torch.no_grad()
@@ -164,7 +179,11 @@ def reconstruct(state: RecipeState) -> None:
         kl = rc.head_loss == "kl" and unit is head
         loss = get_recon_loss(rc.loss)
         draws = state.pcfg.fisher_draws if loss_reads(rc.loss, "fisher_draws") else 0   # read only where declared
-        fp_in, target, stats = loss.capture(CaptureContext(model, unit, x, capture_bs, generator, rc, draws))
+        src, src_unit = model, unit
+        if rc.target == "original" and (orig := original_float(model)) is not None:   # the model before MLP recon
+            src, src_unit = orig, orig.get_submodule(name)
+            set_quant_enabled(src, False)
+        fp_in, target, stats = loss.capture(CaptureContext(src, src_unit, x, capture_bs, generator, rc, draws))
         q_in = None
         if rc.inputs == "quantized":
             set_quant_enabled(model, True)
@@ -172,6 +191,8 @@ def reconstruct(state: RecipeState) -> None:
         set_quant_enabled(model, True)
         criterion = (lambda o, t, i: output_loss(o, t, None, True, rc.rec_scale)) if kl else \
             loss.criterion(stats, rc)
+        if rc.rec_norm == "first":
+            criterion = first_step_normalized(criterion)
         rows.append(reconstruct_unit(name, unit, rc, fp_in, q_in, target, criterion, generator, state.progress))
         del fp_in, q_in, target, stats
     set_quant_enabled(model, True)

@@ -145,13 +145,18 @@ class LayerSearch:
 @register_stage("beam_search", reads=SEARCH_READS)
 def beam_search(state: RecipeState) -> None:
     """Capture each layer's float operands and output once, then run its pipeline (module docstring)."""
+    search_layers(state, LayerSearch)
+
+
+def search_layers(state: RecipeState, layer_cls: type[LayerSearch]) -> None:
+    """The beam_search loop with a pipeline class of choice (APHQ-ViT's stage subclasses LayerSearch)."""
     pcfg = state.pcfg
     metric = get_metric(pcfg.metric)
     norms = {id(linear): (name, norm) for name, norm, linear in layernorm_linear_pairs(state.model)}
     reparam = 0
     for n, op, cap in captured_layers(state):
-        layer = LayerSearch(n, op, cap, metric, pcfg.chunk_mb or 8.0,
-                            fast=pcfg.fast_paths and pcfg.metric == "mse", search=pcfg.search)
+        layer = layer_cls(n, op, cap, metric, pcfg.chunk_mb or 8.0,
+                          fast=pcfg.fast_paths and pcfg.metric == "mse", search=pcfg.search)
         q_in = getattr(op, "input_quantizer", None)
         if id(op) in norms and q_in is not None and q_in.layout.axis is not None:
             if not hasattr(q_in, "to_per_tensor"):
