@@ -137,7 +137,7 @@ def test_presets():
     ("quantizer.slots.softmax.partner=half", "valid: float, quantized"),
     ("quantizer.slots.gelu.bits=1", "quantizer.slots.gelu.bits=1"),
     ("quantizer.recipe=[init_minmax,serch]",
-     "valid: beam_search, compensate, fold_shift, init_minmax, init_quantized_pass, mlp_reconstruct, reconstruct, "
+     "valid: aphq_search, beam_search, compensate, fold_shift, init_minmax, init_quantized_pass, mlp_reconstruct, reconstruct, "
      "reparam_layernorm, reparam_layernorm_int, search"),
 ])
 def test_bad_slot_settings_are_one_line_errors(override, expected):
