@@ -137,8 +137,8 @@ def test_presets():
     ("quantizer.slots.softmax.partner=half", "valid: float, quantized"),
     ("quantizer.slots.gelu.bits=1", "quantizer.slots.gelu.bits=1"),
     ("quantizer.recipe=[init_minmax,serch]",
-     "valid: aphq_search, beam_search, compensate, fold_shift, init_minmax, init_quantized_pass, mlp_reconstruct, reconstruct, "
-     "reparam_layernorm, reparam_layernorm_int, search"),
+     "valid: aphq_search, beam_search, compensate, fold_shift, init_minmax, init_quantized_pass, mlp_reconstruct, "
+     "reconstruct, reparam_layernorm, reparam_layernorm_int, search"),
 ])
 def test_bad_slot_settings_are_one_line_errors(override, expected):
     with pytest.raises(PTQError, match=re.escape(expected)):
