@@ -311,6 +311,12 @@ def setting_text(key: str, value) -> str:
     return fmt(value) if callable(fmt) else fmt.format(value)
 
 
+def off_preset_texts(group: str, settings: dict, preset: dict, skip: tuple[str, ...]) -> list[str]:
+    """`leaf value` for every setting of `group` (but `skip`) that the preset declares and the run changed, by key."""
+    return [setting_text(key, settings[key]) for key in sorted(k for k in settings if k.startswith(f"{group}."))
+            if key not in skip and key in preset and _value_id(settings[key]) != _value_id(preset[key])]
+
+
 def recon_label(settings: dict) -> str:
     """The reconstruction of a run as a paper writes it: `+ BRECQ (300 it, 1024 img)`, plus every recon setting
     that differs from its preset (conf/recon/<name>.yaml) as `leaf value`; "" for none."""
@@ -318,11 +324,8 @@ def recon_label(settings: dict) -> str:
     if _is_missing(name) or name == "none":
         return ""
     preset = preset_defaults("recon", str(name))
-    parts = [f"{settings.get('recon.iters', '?')} it", f"{settings.get('recon.n_images', '?')} img"]
-    for key in sorted(k for k in settings if k.startswith("recon.")):
-        if key not in ("recon.name", "recon.iters", "recon.n_images") and key in preset \
-                and _value_id(settings[key]) != _value_id(preset[key]):
-            parts.append(setting_text(key, settings[key]))
+    parts = [f"{settings.get('recon.iters', '?')} it", f"{settings.get('recon.n_images', '?')} img",
+             *off_preset_texts("recon", settings, preset, ("recon.name", "recon.iters", "recon.n_images"))]
     return f"+ {RECON_LABELS.get(str(name), str(name))} ({', '.join(parts)})"
 
 
@@ -336,10 +339,7 @@ def compensate_label(settings: dict) -> str:
     preset = preset_defaults("compensate", str(name))
     compat = settings.get("compensate.compat")
     parts = [] if _is_missing(compat) or compat == preset.get("compensate.compat", "paper") else [str(compat)]
-    for key in sorted(k for k in settings if k.startswith("compensate.")):
-        if key not in ("compensate.name", "compensate.compat") and key in preset \
-                and _value_id(settings[key]) != _value_id(preset[key]):
-            parts.append(setting_text(key, settings[key]))
+    parts += off_preset_texts("compensate", settings, preset, ("compensate.name", "compensate.compat"))
     return f"+ {COMP_LABELS.get(str(name), str(name))}" + (f" ({', '.join(parts)})" if parts else "")
 
 
